@@ -1,0 +1,408 @@
+package sqlconflict
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"io"
+	"net"
+	"reflect"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/go-sql-driver/mysql"
+	"github.com/lib/pq"
+)
+
+// Kind says what went wrong, independent of the database.
+type Kind int
+
+// Kinds of errors [Classify] recognises.
+const (
+	KindUnknown Kind = iota
+	KindUniqueViolation
+	KindForeignKeyViolation
+	KindNotNullViolation
+	KindCheckViolation
+	KindExclusionViolation
+	KindIntegrityViolation // other SQLSTATE class 23 codes (fallback)
+	KindDeadlock
+	KindSerializationFailure
+	KindTransactionRollback // other SQLSTATE class 40 codes (fallback), e.g. 40002
+	KindLockTimeout
+	KindQueryCanceled
+	KindTxAborted
+	KindConnectionLost
+)
+
+var kindNames = [...]string{
+	KindUnknown:              "unknown",
+	KindUniqueViolation:      "unique violation",
+	KindForeignKeyViolation:  "foreign key violation",
+	KindNotNullViolation:     "not null violation",
+	KindCheckViolation:       "check violation",
+	KindExclusionViolation:   "exclusion violation",
+	KindIntegrityViolation:   "integrity violation",
+	KindDeadlock:             "deadlock",
+	KindSerializationFailure: "serialization failure",
+	KindTransactionRollback:  "transaction rollback",
+	KindLockTimeout:          "lock timeout",
+	KindQueryCanceled:        "query canceled",
+	KindTxAborted:            "transaction aborted",
+	KindConnectionLost:       "connection lost",
+}
+
+// String returns a lower-case description such as "unique violation".
+func (k Kind) String() string {
+	if k >= 0 && int(k) < len(kindNames) {
+		return kindNames[k]
+	}
+	return "Kind(" + strconv.Itoa(int(k)) + ")"
+}
+
+// Scope says how much work the server undid, which decides what, if
+// anything, can be retried.
+type Scope int
+
+// Scopes of an error.
+const (
+	// ScopeNone: no error, or not a database error we know.
+	ScopeNone Scope = iota
+	// ScopeStatement: the server undid only the failed statement. On
+	// PostgreSQL the transaction is additionally left aborted until ROLLBACK
+	// TO SAVEPOINT.
+	ScopeStatement
+	// ScopeTransaction: the server rolled back the whole transaction, or only
+	// rerunning the whole transaction can help.
+	ScopeTransaction
+	// ScopeUnknownOutcome: the statement may or may not have taken effect
+	// (connection lost mid-flight, 40003); never retry blindly.
+	ScopeUnknownOutcome
+)
+
+// String returns "none", "statement", "transaction" or "unknown outcome".
+func (s Scope) String() string {
+	switch s {
+	case ScopeNone:
+		return "none"
+	case ScopeStatement:
+		return "statement"
+	case ScopeTransaction:
+		return "transaction"
+	case ScopeUnknownOutcome:
+		return "unknown outcome"
+	}
+	return "Scope(" + strconv.Itoa(int(s)) + ")"
+}
+
+// Dialect is the database family an error came from; scopes differ between
+// them (a deadlock undoes a statement on PostgreSQL, a transaction on InnoDB).
+type Dialect int
+
+// Dialects.
+const (
+	DialectUnknown  Dialect = iota
+	DialectPostgres         // PostgreSQL and compatibles (CockroachDB, YugabyteDB)
+	DialectMySQL            // MySQL, MariaDB, TiDB
+)
+
+// String returns "unknown", "postgres" or "mysql".
+func (d Dialect) String() string {
+	switch d {
+	case DialectUnknown:
+		return "unknown"
+	case DialectPostgres:
+		return "postgres"
+	case DialectMySQL:
+		return "mysql"
+	}
+	return "Dialect(" + strconv.Itoa(int(d)) + ")"
+}
+
+// Class is the classification of an error.
+type Class struct {
+	Kind  Kind
+	Scope Scope
+	// Retryable: re-running the statement (ScopeStatement) or the whole
+	// transaction (ScopeTransaction) may succeed and the failed attempt had
+	// no effect. True exactly for deadlocks, serialization failures, lock
+	// timeouts, and KindTxAborted whose cause is one of those.
+	Retryable  bool
+	Dialect    Dialect
+	Code       string // MySQL error number in decimal ("1062"), or the PostgreSQL SQLSTATE ("23505")
+	SQLState   string // 5-character SQLSTATE when known ("23000" for MySQL 1062)
+	Constraint string // constraint or key name, when the error names one
+	Table      string
+	Column     string
+}
+
+// The code tables: the only place that maps codes to classes.
+var (
+	// pgCodes maps PostgreSQL SQLSTATEs, and SQLSTATE classes (two
+	// characters) as the fallback for codes not listed. Any error aborts a
+	// PostgreSQL transaction, but a savepoint recovers it, hence
+	// ScopeStatement.
+	//
+	// 21000 (cardinality_violation, "more than one row returned by a subquery")
+	// is deliberately not a unique violation, although Spring maps it to
+	// DuplicateKeyException: no key was duplicated and re-reading cannot help.
+	pgCodes = map[string]Class{
+		"23505": {Kind: KindUniqueViolation, Scope: ScopeStatement},
+		"23503": {Kind: KindForeignKeyViolation, Scope: ScopeStatement},
+		"23502": {Kind: KindNotNullViolation, Scope: ScopeStatement},
+		"23514": {Kind: KindCheckViolation, Scope: ScopeStatement},
+		"23P01": {Kind: KindExclusionViolation, Scope: ScopeStatement},
+		"40P01": {Kind: KindDeadlock, Scope: ScopeStatement, Retryable: true},
+		"55P03": {Kind: KindLockTimeout, Scope: ScopeStatement, Retryable: true}, // lock_timeout and NOWAIT
+		"57014": {Kind: KindQueryCanceled, Scope: ScopeStatement},
+		"40001": {Kind: KindSerializationFailure, Scope: ScopeTransaction, Retryable: true},
+		"25P02": {Kind: KindTxAborted, Scope: ScopeTransaction},
+		"40003": {Kind: KindConnectionLost, Scope: ScopeUnknownOutcome}, // statement_completion_unknown
+		"23":    {Kind: KindIntegrityViolation, Scope: ScopeStatement},
+		"40":    {Kind: KindTransactionRollback, Scope: ScopeTransaction},
+		"08":    {Kind: KindConnectionLost, Scope: ScopeUnknownOutcome}, // connection_exception
+	}
+
+	// mysqlCodes maps MySQL, MariaDB and TiDB error numbers. InnoDB rolls
+	// back the whole transaction on a deadlock but only the statement on
+	// other errors (1205 included, unless innodb_rollback_on_timeout=ON).
+	mysqlCodes = map[uint16]Class{
+		1062: {Kind: KindUniqueViolation, Scope: ScopeStatement, SQLState: "23000"}, // ER_DUP_ENTRY
+		1586: {Kind: KindUniqueViolation, Scope: ScopeStatement, SQLState: "23000"}, // ER_DUP_ENTRY_WITH_KEY_NAME
+		1022: {Kind: KindUniqueViolation, Scope: ScopeStatement, SQLState: "23000"}, // ER_DUP_KEY
+		1216: {Kind: KindForeignKeyViolation, Scope: ScopeStatement, SQLState: "23000"},
+		1217: {Kind: KindForeignKeyViolation, Scope: ScopeStatement, SQLState: "23000"},
+		1451: {Kind: KindForeignKeyViolation, Scope: ScopeStatement, SQLState: "23000"},
+		1452: {Kind: KindForeignKeyViolation, Scope: ScopeStatement, SQLState: "23000"},
+		1048: {Kind: KindNotNullViolation, Scope: ScopeStatement, SQLState: "23000"}, // ER_BAD_NULL_ERROR
+		1364: {Kind: KindNotNullViolation, Scope: ScopeStatement, SQLState: "HY000"}, // ER_NO_DEFAULT_FOR_FIELD
+		3819: {Kind: KindCheckViolation, Scope: ScopeStatement, SQLState: "HY000"},   // MySQL ER_CHECK_CONSTRAINT_VIOLATED
+		4025: {Kind: KindCheckViolation, Scope: ScopeStatement, SQLState: "23000"},   // MariaDB ER_CONSTRAINT_FAILED
+		1213: {Kind: KindDeadlock, Scope: ScopeTransaction, Retryable: true, SQLState: "40001"},
+		149:  {Kind: KindDeadlock, Scope: ScopeTransaction, Retryable: true},                                // Galera (HA_ERR_LOCK_DEADLOCK)
+		1020: {Kind: KindSerializationFailure, Scope: ScopeTransaction, Retryable: true, SQLState: "HY000"}, // MariaDB ER_CHECKREAD
+		8002: {Kind: KindSerializationFailure, Scope: ScopeTransaction, Retryable: true},                    // TiDB
+		8022: {Kind: KindSerializationFailure, Scope: ScopeTransaction, Retryable: true},                    // TiDB
+		8028: {Kind: KindSerializationFailure, Scope: ScopeTransaction, Retryable: true},                    // TiDB
+		9007: {Kind: KindSerializationFailure, Scope: ScopeTransaction, Retryable: true},                    // TiDB write conflict
+		1205: {Kind: KindLockTimeout, Scope: ScopeStatement, Retryable: true, SQLState: "HY000"},            // ER_LOCK_WAIT_TIMEOUT
+		3572: {Kind: KindLockTimeout, Scope: ScopeStatement, Retryable: true, SQLState: "HY000"},            // ER_LOCK_NOWAIT
+		3024: {Kind: KindQueryCanceled, Scope: ScopeStatement, SQLState: "HY000"},                           // ER_QUERY_TIMEOUT
+		1317: {Kind: KindQueryCanceled, Scope: ScopeStatement, SQLState: "70100"},                           // ER_QUERY_INTERRUPTED
+		1028: {Kind: KindQueryCanceled, Scope: ScopeStatement, SQLState: "HY000"},                           // ER_FILSORT_ABORT
+		1969: {Kind: KindQueryCanceled, Scope: ScopeStatement, SQLState: "70100"},                           // MariaDB ER_STATEMENT_TIMEOUT
+		2006: {Kind: KindConnectionLost, Scope: ScopeUnknownOutcome, SQLState: "HY000"},                     // CR_SERVER_GONE_ERROR
+		2013: {Kind: KindConnectionLost, Scope: ScopeUnknownOutcome, SQLState: "HY000"},                     // CR_SERVER_LOST
+	}
+
+	// mysqlStates is the fallback for MySQL numbers not in mysqlCodes, by
+	// SQLSTATE and then by SQLSTATE class (two characters).
+	mysqlStates = map[string]Class{
+		"40001": {Kind: KindSerializationFailure, Scope: ScopeTransaction, Retryable: true},
+		"23":    {Kind: KindIntegrityViolation, Scope: ScopeStatement},
+		"40":    {Kind: KindTransactionRollback, Scope: ScopeTransaction},
+	}
+)
+
+// lookupState finds a 5-character SQLSTATE in table, falling back on its class.
+func lookupState(table map[string]Class, state string) Class {
+	if len(state) != 5 {
+		return Class{}
+	}
+	if c, ok := table[state]; ok {
+		return c
+	}
+	return table[state[:2]]
+}
+
+// Classify classifies err, looking through wrapped errors. It recognises
+// *pq.Error, *mysql.MySQLError, any error with a SQLState() string method
+// (pgx's *pgconn.PgError), [*TxAbortedError], and lost connections and
+// canceled contexts. It returns the zero Class for nil.
+func Classify(err error) Class {
+	if err == nil {
+		return Class{}
+	}
+	// First, so that a doomed transaction is not mistaken for its cause.
+	if e, ok := errors.AsType[*TxAbortedError](err); ok && e != nil {
+		c := Classify(e.Cause)
+		c.Kind, c.Scope = KindTxAborted, ScopeTransaction
+		return c
+	}
+	if e, ok := errors.AsType[*pq.Error](err); ok && e != nil {
+		return classifyPostgres(string(e.Code), e.Constraint, e.Table, e.Column)
+	}
+	if e, ok := errors.AsType[*mysql.MySQLError](err); ok && e != nil {
+		return classifyMySQL(e)
+	}
+	if e, ok := errors.AsType[sqlStater](err); ok && !isNilPointer(e) {
+		constraint, table, column := pgxFields(e)
+		return classifyPostgres(e.SQLState(), constraint, table, column)
+	}
+	return classifyOther(err)
+}
+
+// IsUniqueViolation reports whether err is a unique (duplicate key) violation.
+func IsUniqueViolation(err error) bool { return Classify(err).Kind == KindUniqueViolation }
+
+// IsRetryable reports whether rerunning the statement or transaction (see
+// [Class.Scope]) may succeed and the failed attempt had no effect.
+func IsRetryable(err error) bool { return Classify(err).Retryable }
+
+// sqlStater is implemented by pgx's *pgconn.PgError (and *pq.Error), so pgx
+// errors are recognised without importing pgx.
+type sqlStater interface {
+	error
+	SQLState() string
+}
+
+func classifyPostgres(code, constraint, table, column string) Class {
+	c := lookupState(pgCodes, code)
+	c.Dialect, c.Code, c.SQLState = DialectPostgres, code, code
+	c.Constraint, c.Table, c.Column = constraint, table, column
+	return c
+}
+
+func classifyMySQL(e *mysql.MySQLError) Class {
+	c, known := mysqlCodes[e.Number]
+	if e.SQLState != ([5]byte{}) {
+		c.SQLState = string(e.SQLState[:])
+	}
+	if !known {
+		state := c.SQLState
+		c = lookupState(mysqlStates, state)
+		c.SQLState = state
+	}
+	c.Dialect, c.Code = DialectMySQL, strconv.Itoa(int(e.Number))
+	c.Constraint, c.Table, c.Column = parseMySQLMessage(e.Number, e.Message)
+	return c
+}
+
+// classifyOther recognises errors that carry no server code.
+func classifyOther(err error) Class {
+	switch {
+	// Before net.Error: context.DeadlineExceeded implements it too.
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return Class{Kind: KindQueryCanceled, Scope: ScopeUnknownOutcome}
+	// lib/pq's answer to Commit on a transaction an earlier error aborted
+	// (25P02); it has rolled back.
+	case errors.Is(err, pq.ErrInFailedTransaction):
+		return Class{Kind: KindTxAborted, Scope: ScopeTransaction, Dialect: DialectPostgres}
+	case errors.Is(err, mysql.ErrInvalidConn):
+		return Class{Kind: KindConnectionLost, Scope: ScopeUnknownOutcome, Dialect: DialectMySQL}
+	// driver.ErrBadConn reaching us means database/sql already used up its
+	// own retries, and a wrapped driver may not honour the "nothing was
+	// sent" contract: treat the outcome as unknown.
+	case errors.Is(err, driver.ErrBadConn), errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE),
+		errors.Is(err, syscall.ECONNREFUSED):
+		return Class{Kind: KindConnectionLost, Scope: ScopeUnknownOutcome}
+	}
+	if _, ok := errors.AsType[net.Error](err); ok {
+		return Class{Kind: KindConnectionLost, Scope: ScopeUnknownOutcome}
+	}
+	return Class{}
+}
+
+func isNilPointer(v any) bool {
+	rv := reflect.ValueOf(v)
+	return rv.Kind() == reflect.Pointer && rv.IsNil()
+}
+
+// pgxFields reads pgconn.PgError's ConstraintName, TableName and ColumnName
+// by reflection, when the error has them, to avoid depending on pgx.
+func pgxFields(e error) (constraint, table, column string) {
+	v := reflect.Indirect(reflect.ValueOf(e))
+	if v.Kind() != reflect.Struct {
+		return "", "", ""
+	}
+	return stringField(v, "ConstraintName"), stringField(v, "TableName"), stringField(v, "ColumnName")
+}
+
+func stringField(v reflect.Value, name string) string {
+	f, ok := v.Type().FieldByName(name)
+	if !ok || !f.IsExported() || f.Type.Kind() != reflect.String {
+		return ""
+	}
+	fv, err := v.FieldByIndexErr(f.Index)
+	if err != nil {
+		return ""
+	}
+	return fv.String()
+}
+
+// parseMySQLMessage extracts the names MySQL and MariaDB put only in the
+// message text. Values inside the message are user data and may contain
+// quotes, so names are anchored on the end of the message where possible.
+// It never panics and returns only substrings of msg.
+func parseMySQLMessage(number uint16, msg string) (constraint, table, column string) {
+	switch number {
+	case 1062, 1586:
+		// MariaDB: Duplicate entry 'a'b' for key 'title'
+		// MySQL 8: Duplicate entry 'x' for key 'articles.title'
+		i := strings.LastIndex(msg, " for key '")
+		if i < 0 {
+			return "", "", ""
+		}
+		key := strings.TrimSuffix(msg[i+len(" for key '"):], "'")
+		if j := strings.LastIndexByte(key, '.'); j >= 0 {
+			return key[j+1:], key[:j], ""
+		}
+		return key, "", ""
+	case 1022:
+		// Can't write; duplicate key in table 't'
+		return "", msgQuoted(msg, "table '", "'"), ""
+	case 1216, 1217, 1451, 1452:
+		// Cannot add or update a child row: a foreign key constraint fails
+		// (`test`.`child`, CONSTRAINT `fk_child_parent` FOREIGN KEY (`pid`) REFERENCES `parent` (`id`))
+		i := strings.Index(msg, ", CONSTRAINT `")
+		if i < 0 {
+			return "", "", ""
+		}
+		name, _, _ := strings.Cut(msg[i+len(", CONSTRAINT `"):], "`")
+		return name, msgLastIdent(msg[:i]), ""
+	case 4025:
+		// MariaDB: CONSTRAINT `chk_pos` failed for `test`.`t`
+		i := strings.LastIndex(msg, "` failed for ")
+		if i < 0 {
+			return "", "", ""
+		}
+		return msgQuoted(msg[:i+1], "CONSTRAINT `", "`"), msgLastIdent(msg[i+len("` failed for "):]), ""
+	case 3819:
+		// MySQL: Check constraint 'chk_pos' is violated.
+		return msgQuoted(msg, "constraint '", "' is violated"), "", ""
+	case 1048:
+		// Column 'name' cannot be null
+		return "", "", msgQuoted(msg, "Column '", "' cannot be null")
+	case 1364:
+		// Field 'name' doesn't have a default value
+		return "", "", msgQuoted(msg, "Field '", "' doesn't have a default value")
+	}
+	return "", "", ""
+}
+
+// msgQuoted returns the text between the first left and the last right
+// after it, or "" when msg does not have that shape.
+func msgQuoted(msg, left, right string) string {
+	j := strings.LastIndex(msg, right)
+	if j < 0 {
+		return ""
+	}
+	i := strings.Index(msg[:j], left)
+	if i < 0 {
+		return ""
+	}
+	return msg[i+len(left) : j]
+}
+
+// msgLastIdent returns the last backquoted identifier of s: "child" for
+// "... (`test`.`child`".
+func msgLastIdent(s string) string {
+	s = strings.TrimRight(s, " ")
+	if !strings.HasSuffix(s, "`") {
+		return ""
+	}
+	s = s[:len(s)-1]
+	return s[strings.LastIndexByte(s, '`')+1:]
+}

@@ -1,0 +1,444 @@
+package sqlconflict
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/go-sql-driver/mysql"
+	"github.com/lib/pq"
+)
+
+// fakePgError stands in for pgx's *pgconn.PgError.
+type fakePgError struct{ Code, ConstraintName, TableName string }
+
+func (e *fakePgError) Error() string    { return "ERROR: fake (SQLSTATE " + e.Code + ")" }
+func (e *fakePgError) SQLState() string { return e.Code }
+
+// wraps returns err as is and wrapped, since classification must see
+// through fmt.Errorf("%w").
+func wraps(err error) map[string]error {
+	return map[string]error{
+		"plain":   err,
+		"wrapped": fmt.Errorf("outer: %w", fmt.Errorf("inner: %w", err)),
+		"joined":  errors.Join(errors.New("other"), err),
+	}
+}
+
+func TestClassifyPostgres(t *testing.T) {
+	tests := []struct {
+		code  string
+		kind  Kind
+		scope Scope
+		retry bool
+	}{
+		{"23505", KindUniqueViolation, ScopeStatement, false},
+		{"23503", KindForeignKeyViolation, ScopeStatement, false},
+		{"23502", KindNotNullViolation, ScopeStatement, false},
+		{"23514", KindCheckViolation, ScopeStatement, false},
+		{"23P01", KindExclusionViolation, ScopeStatement, false},
+		{"40P01", KindDeadlock, ScopeStatement, true},
+		{"55P03", KindLockTimeout, ScopeStatement, true},
+		{"57014", KindQueryCanceled, ScopeStatement, false},
+		{"40001", KindSerializationFailure, ScopeTransaction, true},
+		{"25P02", KindTxAborted, ScopeTransaction, false},
+		{"40003", KindConnectionLost, ScopeUnknownOutcome, false},
+		// Class fallbacks.
+		{"23000", KindIntegrityViolation, ScopeStatement, false},
+		{"23001", KindIntegrityViolation, ScopeStatement, false},
+		{"40000", KindTransactionRollback, ScopeTransaction, false},
+		{"40002", KindTransactionRollback, ScopeTransaction, false},
+		{"08000", KindConnectionLost, ScopeUnknownOutcome, false},
+		{"08006", KindConnectionLost, ScopeUnknownOutcome, false},
+		// Unknown: 21000 is a cardinality violation, not a duplicate key.
+		{"21000", KindUnknown, ScopeNone, false},
+		{"42P01", KindUnknown, ScopeNone, false},
+		{"55000", KindUnknown, ScopeNone, false},
+		{"XX000", KindUnknown, ScopeNone, false},
+	}
+	for _, tt := range tests {
+		want := Class{
+			Kind: tt.kind, Scope: tt.scope, Retryable: tt.retry, Dialect: DialectPostgres,
+			Code: tt.code, SQLState: tt.code, Constraint: "c", Table: "t",
+		}
+		pqErr := &pq.Error{Code: pq.ErrorCode(tt.code), Constraint: "c", Table: "t", Column: "col"}
+		pgxErr := &fakePgError{Code: tt.code, ConstraintName: "c", TableName: "t"}
+		for name, err := range wraps(pqErr) {
+			w := want
+			w.Column = "col"
+			if got := Classify(err); got != w {
+				t.Errorf("pq %s %s: Classify = %+v, want %+v", tt.code, name, got, w)
+			}
+		}
+		for name, err := range wraps(pgxErr) {
+			if got := Classify(err); got != want {
+				t.Errorf("pgx %s %s: Classify = %+v, want %+v", tt.code, name, got, want)
+			}
+		}
+	}
+}
+
+func TestClassifyMySQL(t *testing.T) {
+	tests := []struct {
+		number uint16
+		state  string // SQLSTATE sent by the server, "" for none
+		kind   Kind
+		scope  Scope
+		retry  bool
+		want   string // expected Class.SQLState
+	}{
+		{1062, "", KindUniqueViolation, ScopeStatement, false, "23000"},
+		{1586, "", KindUniqueViolation, ScopeStatement, false, "23000"},
+		{1022, "", KindUniqueViolation, ScopeStatement, false, "23000"},
+		{1216, "", KindForeignKeyViolation, ScopeStatement, false, "23000"},
+		{1217, "", KindForeignKeyViolation, ScopeStatement, false, "23000"},
+		{1451, "", KindForeignKeyViolation, ScopeStatement, false, "23000"},
+		{1452, "", KindForeignKeyViolation, ScopeStatement, false, "23000"},
+		{1048, "", KindNotNullViolation, ScopeStatement, false, "23000"},
+		{1364, "", KindNotNullViolation, ScopeStatement, false, "HY000"},
+		{3819, "", KindCheckViolation, ScopeStatement, false, "HY000"},
+		{4025, "", KindCheckViolation, ScopeStatement, false, "23000"},
+		{1213, "", KindDeadlock, ScopeTransaction, true, "40001"},
+		{149, "", KindDeadlock, ScopeTransaction, true, ""},
+		{1020, "", KindSerializationFailure, ScopeTransaction, true, "HY000"},
+		{8002, "", KindSerializationFailure, ScopeTransaction, true, ""},
+		{8022, "", KindSerializationFailure, ScopeTransaction, true, ""},
+		{8028, "", KindSerializationFailure, ScopeTransaction, true, ""},
+		{9007, "", KindSerializationFailure, ScopeTransaction, true, ""},
+		{1205, "", KindLockTimeout, ScopeStatement, true, "HY000"},
+		{3572, "", KindLockTimeout, ScopeStatement, true, "HY000"},
+		{3024, "", KindQueryCanceled, ScopeStatement, false, "HY000"},
+		{1317, "", KindQueryCanceled, ScopeStatement, false, "70100"},
+		{1028, "", KindQueryCanceled, ScopeStatement, false, "HY000"},
+		{1969, "", KindQueryCanceled, ScopeStatement, false, "70100"},
+		{2006, "", KindConnectionLost, ScopeUnknownOutcome, false, "HY000"},
+		{2013, "", KindConnectionLost, ScopeUnknownOutcome, false, "HY000"},
+		// The server's SQLSTATE wins over the table's.
+		{1213, "40001", KindDeadlock, ScopeTransaction, true, "40001"},
+		{9007, "HY000", KindSerializationFailure, ScopeTransaction, true, "HY000"},
+		// SQLSTATE fallbacks for numbers not in the table.
+		{9999, "23000", KindIntegrityViolation, ScopeStatement, false, "23000"},
+		{9999, "40001", KindSerializationFailure, ScopeTransaction, true, "40001"},
+		{9999, "40000", KindTransactionRollback, ScopeTransaction, false, "40000"},
+		{9999, "40002", KindTransactionRollback, ScopeTransaction, false, "40002"},
+		// Unknown.
+		{9999, "HY000", KindUnknown, ScopeNone, false, "HY000"},
+		{9999, "", KindUnknown, ScopeNone, false, ""},
+		{1146, "42S02", KindUnknown, ScopeNone, false, "42S02"},
+		{1064, "42000", KindUnknown, ScopeNone, false, "42000"},
+	}
+	for _, tt := range tests {
+		me := &mysql.MySQLError{Number: tt.number, Message: "x"}
+		copy(me.SQLState[:], tt.state)
+		want := Class{
+			Kind: tt.kind, Scope: tt.scope, Retryable: tt.retry, Dialect: DialectMySQL,
+			Code: fmt.Sprint(tt.number), SQLState: tt.want,
+		}
+		for name, err := range wraps(me) {
+			if got := Classify(err); got != want {
+				t.Errorf("%d %q %s: Classify = %+v, want %+v", tt.number, tt.state, name, got, want)
+			}
+		}
+	}
+}
+
+func TestClassifyMySQLNames(t *testing.T) {
+	me := &mysql.MySQLError{Number: 1062, SQLState: [5]byte{'2', '3', '0', '0', '0'},
+		Message: "Duplicate entry 'x' for key 'articles.title'"}
+	got := Classify(fmt.Errorf("insert: %w", me))
+	if got.Constraint != "title" || got.Table != "articles" || got.Kind != KindUniqueViolation {
+		t.Errorf("Classify = %+v", got)
+	}
+}
+
+func TestParseMySQLMessage(t *testing.T) {
+	tests := []struct {
+		number                    uint16
+		msg                       string
+		constraint, table, column string
+	}{
+		{1062, "Duplicate entry 'a'b' for key 'title'", "title", "", ""},
+		{1062, "Duplicate entry 'x' for key 'articles.title'", "title", "articles", ""},
+		{1062, "Duplicate entry ' for key 'y' for key 'PRIMARY'", "PRIMARY", "", ""},
+		{1062, "Duplicate entry '1-a' for key 't.PRIMARY'", "PRIMARY", "t", ""},
+		{1586, "Duplicate entry 'x' for key 'uniq_email'", "uniq_email", "", ""},
+		{1022, "Can't write; duplicate key in table 'articles'", "", "articles", ""},
+		{1452, "Cannot add or update a child row: a foreign key constraint fails (`test`.`child`, CONSTRAINT `fk_child_parent` FOREIGN KEY (`pid`) REFERENCES `parent` (`id`))", "fk_child_parent", "child", ""},
+		{1451, "Cannot delete or update a parent row: a foreign key constraint fails (`test`.`child`, CONSTRAINT `fk_child_parent` FOREIGN KEY (`pid`) REFERENCES `parent` (`id`))", "fk_child_parent", "child", ""},
+		{1216, "Cannot add or update a child row: a foreign key constraint fails", "", "", ""},
+		{1217, "Cannot delete or update a parent row: a foreign key constraint fails", "", "", ""},
+		{4025, "CONSTRAINT `chk_pos` failed for `test`.`t`", "chk_pos", "t", ""},
+		{3819, "Check constraint 'chk_pos' is violated.", "chk_pos", "", ""},
+		{1048, "Column 'name' cannot be null", "", "", "name"},
+		{1364, "Field 'name' doesn't have a default value", "", "", "name"},
+		// Garbage and unexpected shapes yield nothing rather than a guess.
+		{1062, "", "", "", ""},
+		{1062, "Duplicate entry", "", "", ""},
+		{1452, "a foreign key constraint fails", "", "", ""},
+		{4025, "` failed for ", "", "", ""},
+		{1048, "' cannot be null", "", "", ""},
+		{1213, "Deadlock found when trying to get lock; try restarting transaction", "", "", ""},
+	}
+	for _, tt := range tests {
+		c, tb, col := parseMySQLMessage(tt.number, tt.msg)
+		if c != tt.constraint || tb != tt.table || col != tt.column {
+			t.Errorf("parseMySQLMessage(%d, %q) = %q, %q, %q; want %q, %q, %q",
+				tt.number, tt.msg, c, tb, col, tt.constraint, tt.table, tt.column)
+		}
+	}
+}
+
+func FuzzParseMySQLMessage(f *testing.F) {
+	seeds := []struct {
+		number uint16
+		msg    string
+	}{
+		{1062, "Duplicate entry 'a'b' for key 'title'"},
+		{1062, "Duplicate entry 'x' for key 'articles.title'"},
+		{1022, "Can't write; duplicate key in table 'articles'"},
+		{1452, "Cannot add or update a child row: a foreign key constraint fails (`test`.`child`, CONSTRAINT `fk_child_parent` FOREIGN KEY (`pid`) REFERENCES `parent` (`id`))"},
+		{1451, "Cannot delete or update a parent row: a foreign key constraint fails (`test`.`child`, CONSTRAINT `fk_child_parent` FOREIGN KEY (`pid`) REFERENCES `parent` (`id`))"},
+		{4025, "CONSTRAINT `chk_pos` failed for `test`.`t`"},
+		{3819, "Check constraint 'chk_pos' is violated."},
+		{1048, "Column 'name' cannot be null"},
+		{1364, "Field 'name' doesn't have a default value"},
+		{4025, "`` failed for `"},
+		{1452, ", CONSTRAINT `"},
+	}
+	for _, s := range seeds {
+		f.Add(s.number, s.msg)
+	}
+	f.Fuzz(func(t *testing.T, number uint16, msg string) {
+		// Try every parsed number, not only the fuzzed one, so that each
+		// message shape meets every parser.
+		for _, n := range []uint16{number, 1062, 1586, 1022, 1216, 1217, 1451, 1452, 4025, 3819, 1048, 1364} {
+			c, tb, col := parseMySQLMessage(n, msg)
+			for _, s := range []string{c, tb, col} {
+				if !strings.Contains(msg, s) {
+					t.Fatalf("parseMySQLMessage(%d, %q) returned %q, not a substring", n, msg, s)
+				}
+			}
+		}
+	})
+}
+
+func TestClassifyOther(t *testing.T) {
+	lost := Class{Kind: KindConnectionLost, Scope: ScopeUnknownOutcome}
+	canceled := Class{Kind: KindQueryCanceled, Scope: ScopeUnknownOutcome}
+	tests := []struct {
+		name string
+		err  error
+		want Class
+	}{
+		{"ErrBadConn", driver.ErrBadConn, lost},
+		{"ErrUnexpectedEOF", io.ErrUnexpectedEOF, lost},
+		{"net.OpError", &net.OpError{Op: "read", Net: "tcp", Err: errors.New("boom")}, lost},
+		{"os deadline", os.ErrDeadlineExceeded, lost},
+		{"ECONNRESET", &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ECONNRESET)}, lost},
+		{"EPIPE", syscall.EPIPE, lost},
+		{"ECONNREFUSED", syscall.ECONNREFUSED, lost},
+		{"mysql.ErrInvalidConn", mysql.ErrInvalidConn, Class{Kind: KindConnectionLost, Scope: ScopeUnknownOutcome, Dialect: DialectMySQL}},
+		{"pq.ErrInFailedTransaction", pq.ErrInFailedTransaction, Class{Kind: KindTxAborted, Scope: ScopeTransaction, Dialect: DialectPostgres}},
+		{"context.Canceled", context.Canceled, canceled},
+		{"context.DeadlineExceeded", context.DeadlineExceeded, canceled},
+		{"other", errors.New("syntax error"), Class{}},
+		{"io.EOF", io.EOF, Class{}},
+	}
+	for _, tt := range tests {
+		for name, err := range wraps(tt.err) {
+			if got := Classify(err); got != tt.want {
+				t.Errorf("%s %s: Classify = %+v, want %+v", tt.name, name, got, tt.want)
+			}
+		}
+	}
+	if got := Classify(nil); got != (Class{}) {
+		t.Errorf("Classify(nil) = %+v, want zero", got)
+	}
+	// Typed nil pointers in the chain must not panic. errors.Join does not
+	// call their Error method, which would.
+	var nilPq *pq.Error
+	var nilMy *mysql.MySQLError
+	var nilPgx *fakePgError
+	var nilTx *TxAbortedError
+	for _, err := range []error{nilPq, nilMy, nilPgx, nilTx} {
+		if got := Classify(errors.Join(err)); got != (Class{}) {
+			t.Errorf("Classify(%T(nil)) = %+v, want zero", err, got)
+		}
+	}
+}
+
+func TestHelpers(t *testing.T) {
+	dup := fmt.Errorf("insert: %w", &pq.Error{Code: "23505"})
+	deadlock := fmt.Errorf("update: %w", &mysql.MySQLError{Number: 1213})
+	if !IsUniqueViolation(dup) || IsUniqueViolation(deadlock) || IsUniqueViolation(nil) {
+		t.Error("IsUniqueViolation")
+	}
+	if !IsRetryable(deadlock) || IsRetryable(dup) || IsRetryable(nil) || IsRetryable(context.Canceled) {
+		t.Error("IsRetryable")
+	}
+}
+
+func TestError(t *testing.T) {
+	pqErr := &pq.Error{Code: "23505", Message: "duplicate key value violates unique constraint \"t_pkey\"", Constraint: "t_pkey"}
+	myErr := &mysql.MySQLError{Number: 1213, Message: "Deadlock found when trying to get lock; try restarting transaction"}
+	for _, base := range []error{pqErr, myErr} {
+		err := wrapError(base)
+		e, ok := err.(*Error)
+		if !ok {
+			t.Fatalf("wrapError(%v) = %T, want *Error", base, err)
+		}
+		if e.Error() != base.Error() {
+			t.Errorf("Error() = %q, want %q", e.Error(), base.Error())
+		}
+		if e.Class != Classify(base) || Classify(err) != Classify(base) {
+			t.Errorf("Class = %+v, Classify = %+v, want %+v", e.Class, Classify(err), Classify(base))
+		}
+		if !errors.Is(err, e.Class.Kind.Err()) || errors.Is(err, ErrLockTimeout) {
+			t.Errorf("errors.Is on %v", err)
+		}
+		if wrapError(err) != err {
+			t.Error("wrapError wrapped an *Error twice")
+		}
+	}
+
+	err := fmt.Errorf("outer: %w", wrapError(pqErr))
+	if !errors.Is(err, ErrUniqueViolation) || errors.Is(err, ErrDeadlock) {
+		t.Error("errors.Is through fmt.Errorf")
+	}
+	if got, ok := errors.AsType[*pq.Error](err); !ok || got != pqErr {
+		t.Errorf("errors.As *pq.Error = %v, %v", got, ok)
+	}
+	if e, ok := errors.AsType[*Error](err); !ok || e.Err.(*pq.Error) != pqErr {
+		t.Error("e.Err.(*pq.Error)")
+	}
+	if got, ok := errors.AsType[*mysql.MySQLError](wrapError(myErr)); !ok || got != myErr {
+		t.Errorf("errors.As *mysql.MySQLError = %v, %v", got, ok)
+	}
+	if !errors.Is(wrapError(myErr), ErrDeadlock) {
+		t.Error("errors.Is(ErrDeadlock)")
+	}
+
+	// Unknown errors and nil pass through unchanged.
+	plain := errors.New("syntax error")
+	if wrapError(plain) != plain || wrapError(nil) != nil {
+		t.Error("wrapError changed an unknown error or nil")
+	}
+	unknown := &pq.Error{Code: "42601"}
+	if wrapError(unknown) != error(unknown) {
+		t.Error("wrapError wrapped an unknown code")
+	}
+	// database/sql's retry on ErrBadConn must keep working.
+	if !errors.Is(wrapError(driver.ErrBadConn), driver.ErrBadConn) {
+		t.Error("wrapped ErrBadConn lost")
+	}
+	if (&Error{}).Is(nil) {
+		t.Error("zero Error matched nil")
+	}
+}
+
+func TestTxAbortedError(t *testing.T) {
+	deadlock := &pq.Error{Code: "40P01"}
+	err := fmt.Errorf("exec: %w", &TxAbortedError{Cause: deadlock})
+	want := Class{Kind: KindTxAborted, Scope: ScopeTransaction, Retryable: true,
+		Dialect: DialectPostgres, Code: "40P01", SQLState: "40P01"}
+	if got := Classify(err); got != want {
+		t.Errorf("Classify = %+v, want %+v", got, want)
+	}
+	if !errors.Is(err, ErrTxAborted) {
+		t.Error("errors.Is(ErrTxAborted)")
+	}
+	if got, ok := errors.AsType[*pq.Error](err); !ok || got != deadlock {
+		t.Error("errors.As *pq.Error through TxAbortedError")
+	}
+	if s := (&TxAbortedError{Cause: deadlock}).Error(); s != "sqlconflict: transaction aborted by an earlier error: "+deadlock.Error() {
+		t.Errorf("Error() = %q", s)
+	}
+
+	dup := &mysql.MySQLError{Number: 1062, Message: "Duplicate entry 'x' for key 'articles.title'"}
+	err = &TxAbortedError{Cause: wrapError(dup)}
+	want = Class{Kind: KindTxAborted, Scope: ScopeTransaction, Dialect: DialectMySQL,
+		Code: "1062", SQLState: "23000", Constraint: "title", Table: "articles"}
+	if got := Classify(err); got != want {
+		t.Errorf("Classify = %+v, want %+v", got, want)
+	}
+	if !errors.Is(err, ErrUniqueViolation) || !errors.Is(err, ErrTxAborted) || IsUniqueViolation(err) {
+		t.Error("errors.Is through TxAbortedError with *Error cause")
+	}
+	// Wrapping a TxAbortedError keeps it a TxAbortedError.
+	if got := Classify(wrapError(err)); got != want {
+		t.Errorf("Classify(wrapError) = %+v, want %+v", got, want)
+	}
+
+	nilCause := &TxAbortedError{}
+	if got := Classify(nilCause); got != (Class{Kind: KindTxAborted, Scope: ScopeTransaction}) {
+		t.Errorf("Classify(nil cause) = %+v", got)
+	}
+	if !errors.Is(nilCause, ErrTxAborted) || nilCause.Error() != "sqlconflict: transaction aborted by an earlier error" {
+		t.Error("nil cause")
+	}
+}
+
+func TestStrings(t *testing.T) {
+	kinds := []struct {
+		k    Kind
+		want string
+		err  error
+	}{
+		{KindUnknown, "unknown", nil},
+		{KindUniqueViolation, "unique violation", ErrUniqueViolation},
+		{KindForeignKeyViolation, "foreign key violation", ErrForeignKeyViolation},
+		{KindNotNullViolation, "not null violation", ErrNotNullViolation},
+		{KindCheckViolation, "check violation", ErrCheckViolation},
+		{KindExclusionViolation, "exclusion violation", ErrExclusionViolation},
+		{KindIntegrityViolation, "integrity violation", ErrIntegrityViolation},
+		{KindDeadlock, "deadlock", ErrDeadlock},
+		{KindSerializationFailure, "serialization failure", ErrSerializationFailure},
+		{KindTransactionRollback, "transaction rollback", ErrTransactionRollback},
+		{KindLockTimeout, "lock timeout", ErrLockTimeout},
+		{KindQueryCanceled, "query canceled", ErrQueryCanceled},
+		{KindTxAborted, "transaction aborted", ErrTxAborted},
+		{KindConnectionLost, "connection lost", ErrConnectionLost},
+		{Kind(99), "Kind(99)", nil},
+		{Kind(-1), "Kind(-1)", nil},
+	}
+	for _, tt := range kinds {
+		if got := tt.k.String(); got != tt.want {
+			t.Errorf("Kind(%d).String() = %q, want %q", int(tt.k), got, tt.want)
+		}
+		if got := tt.k.Err(); got != tt.err {
+			t.Errorf("Kind(%d).Err() = %v, want %v", int(tt.k), got, tt.err)
+		}
+		if tt.err != nil && tt.err.Error() != "sqlconflict: "+tt.want {
+			t.Errorf("sentinel %q does not match %q", tt.err, tt.want)
+		}
+	}
+	if (&Error{Class: Class{Kind: KindDeadlock}}).Error() != "sqlconflict: deadlock" {
+		t.Error("Error with nil Err")
+	}
+
+	for s, want := range map[Scope]string{
+		ScopeNone: "none", ScopeStatement: "statement", ScopeTransaction: "transaction",
+		ScopeUnknownOutcome: "unknown outcome", Scope(7): "Scope(7)",
+	} {
+		if got := s.String(); got != want {
+			t.Errorf("Scope(%d).String() = %q, want %q", int(s), got, want)
+		}
+	}
+	for d, want := range map[Dialect]string{
+		DialectUnknown: "unknown", DialectPostgres: "postgres", DialectMySQL: "mysql", Dialect(7): "Dialect(7)",
+	} {
+		if got := d.String(); got != want {
+			t.Errorf("Dialect(%d).String() = %q, want %q", int(d), got, want)
+		}
+	}
+	if !strings.HasPrefix(ErrBlindReread.Error(), "sqlconflict: blind re-read: ") {
+		t.Errorf("ErrBlindReread = %q", ErrBlindReread)
+	}
+}
