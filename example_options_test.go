@@ -1,0 +1,79 @@
+package sqlconflict_test
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/sqlconflict/sqlconflict"
+)
+
+func ExampleSplitDSN() {
+	opts, dsn, err := sqlconflict.SplitDSN(
+		"app:s3cret@tcp(db:3306)/shop?parseTime=true&conflict_retries=5&conflict_savepoints=writes",
+		sqlconflict.DSNAuto, sqlconflict.DefaultOptions())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println(dsn)
+	fmt.Println(opts.Retries, opts.Savepoints, opts.BlindReread)
+	// Output:
+	// app:s3cret@tcp(db:3306)/shop?parseTime=true
+	// 5 writes warn
+}
+
+func ExampleSplitDSN_postgresURL() {
+	opts, dsn, err := sqlconflict.SplitDSN(
+		"postgres://app:s3cret@db:5432/shop?conflict_backoff=10ms&sslmode=disable&conflict_max_backoff=2s",
+		sqlconflict.DSNAuto, sqlconflict.DefaultOptions())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println(dsn)
+	fmt.Println(opts.Backoff, opts.MaxBackoff)
+	// Output:
+	// postgres://app:s3cret@db:5432/shop?sslmode=disable
+	// 10ms 2s
+}
+
+func ExampleSplitDSN_postgresKV() {
+	opts, dsn, err := sqlconflict.SplitDSN(
+		`host=db dbname=shop password='it\'s s3cret' conflict_blind_reread=error conflict_wrap_errors=true`,
+		sqlconflict.DSNPostgresKV, sqlconflict.DefaultOptions())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println(dsn)
+	fmt.Println(opts.BlindReread, opts.WrapErrors)
+	// Output:
+	// host=db dbname=shop password='it\'s s3cret'
+	// error true
+}
+
+func ExampleSplitDSN_error() {
+	_, _, err := sqlconflict.SplitDSN("postgres://app:s3cret@db/shop?conflict_retries=many",
+		sqlconflict.DSNAuto, sqlconflict.DefaultOptions())
+	fmt.Println(err)
+	_, _, err = sqlconflict.SplitDSN("app:s3cret@tcp(db)/shop?conflict_retry=1",
+		sqlconflict.DSNAuto, sqlconflict.DefaultOptions())
+	fmt.Println(err)
+	// Output:
+	// sqlconflict: DSN option conflict_retries="many": want an integer >= 0
+	// sqlconflict: unknown DSN option "conflict_retry" (known: conflict_retries, conflict_backoff, conflict_max_backoff, conflict_savepoints, conflict_savepoint_budget, conflict_blind_reread, conflict_wrap_errors)
+}
+
+func ExampleOptions_Validate() {
+	opts := sqlconflict.DefaultOptions()
+	opts.Backoff = 2 * time.Second // beyond the default MaxBackoff of 1s
+	fmt.Println(opts.Validate())
+	// Output:
+	// sqlconflict: Options.MaxBackoff (conflict_max_backoff) must be >= Options.Backoff (conflict_backoff, 2s), got 1s
+}
+
+func ExampleDefaultOptions() {
+	fmt.Printf("%+v\n", sqlconflict.DefaultOptions())
+	// Output:
+	// {Retries:3 Backoff:5ms MaxBackoff:1s Savepoints:off SavepointBudget:32 BlindReread:warn WrapErrors:false Logger:<nil> Observer:<nil> Dialect:unknown}
+}

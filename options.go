@@ -1,0 +1,439 @@
+package sqlconflict
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// SavepointMode says when statements in a transaction are guarded by
+// savepoints (DSN option conflict_savepoints).
+type SavepointMode int
+
+const (
+	// SavepointsOff sets no savepoints: a conflict inside a transaction is
+	// left to the application. DSN value "off".
+	SavepointsOff SavepointMode = iota
+	// SavepointsWrites sets a savepoint before each write in a transaction,
+	// so that a conflicting write can be undone without losing the
+	// transaction. DSN value "writes".
+	SavepointsWrites
+)
+
+// String returns the mode's DSN value.
+func (m SavepointMode) String() string {
+	switch m {
+	case SavepointsOff:
+		return "off"
+	case SavepointsWrites:
+		return "writes"
+	}
+	return "SavepointMode(" + strconv.Itoa(int(m)) + ")"
+}
+
+// BlindRereadMode says what happens when a retry inside a REPEATABLE READ
+// transaction would re-read its own stale snapshot (DSN option
+// conflict_blind_reread).
+type BlindRereadMode int
+
+const (
+	// BlindRereadWarn logs a warning. DSN value "warn".
+	BlindRereadWarn BlindRereadMode = iota
+	// BlindRereadError fails the statement. DSN value "error".
+	BlindRereadError
+	// BlindRereadOff does nothing. DSN value "off".
+	BlindRereadOff
+)
+
+// String returns the mode's DSN value.
+func (m BlindRereadMode) String() string {
+	switch m {
+	case BlindRereadWarn:
+		return "warn"
+	case BlindRereadError:
+		return "error"
+	case BlindRereadOff:
+		return "off"
+	}
+	return "BlindRereadMode(" + strconv.Itoa(int(m)) + ")"
+}
+
+// Options configures the wrapper. Each field but the last three has a DSN
+// option, named in its comment; [SplitDSN] reads them.
+type Options struct {
+	Retries         int             // conflict_retries: retries of a statement that had no effect; >= 0
+	Backoff         time.Duration   // conflict_backoff: wait before the first retry; >= 0
+	MaxBackoff      time.Duration   // conflict_max_backoff: longest wait between retries; >= Backoff
+	Savepoints      SavepointMode   // conflict_savepoints: off or writes
+	SavepointBudget int             // conflict_savepoint_budget: most savepoints per transaction; >= 0
+	BlindReread     BlindRereadMode // conflict_blind_reread: warn, error or off
+	WrapErrors      bool            // conflict_wrap_errors: wrap base driver errors (any strconv.ParseBool value)
+	Logger          *slog.Logger    // nil means slog.Default(); not a DSN option
+
+	// Observer, when set, is told of every retry, savepoint rollback and
+	// doomed transaction, synchronously, on the goroutine using the
+	// connection: it must be quick and must not use the database. Not a DSN
+	// option. See docs/reliability.md for exporting the events as metrics.
+	Observer func(Observation)
+	// Dialect selects the SQL the wrapper sends itself; zero means detect it
+	// from the base driver's package. Not a DSN option.
+	Dialect Dialect
+}
+
+// DefaultOptions returns the options used when a DSN sets none.
+func DefaultOptions() Options {
+	return Options{
+		Retries:         3,
+		Backoff:         5 * time.Millisecond,
+		MaxBackoff:      time.Second,
+		Savepoints:      SavepointsOff,
+		SavepointBudget: 32,
+		BlindReread:     BlindRereadWarn,
+	}
+}
+
+// Validate reports the first invalid field. Its errors name both the field
+// and its DSN option, as options come from either.
+func (o Options) Validate() error {
+	switch {
+	case o.Retries < 0:
+		return fmt.Errorf("sqlconflict: Options.Retries (conflict_retries) must be >= 0, got %d", o.Retries)
+	case o.Backoff < 0:
+		return fmt.Errorf("sqlconflict: Options.Backoff (conflict_backoff) must be >= 0, got %v", o.Backoff)
+	case o.MaxBackoff < o.Backoff:
+		return fmt.Errorf("sqlconflict: Options.MaxBackoff (conflict_max_backoff) must be >= Options.Backoff (conflict_backoff, %v), got %v", o.Backoff, o.MaxBackoff)
+	case o.Savepoints < SavepointsOff || o.Savepoints > SavepointsWrites:
+		return fmt.Errorf("sqlconflict: Options.Savepoints (conflict_savepoints) must be SavepointsOff or SavepointsWrites, got %d", int(o.Savepoints))
+	case o.SavepointBudget < 0:
+		return fmt.Errorf("sqlconflict: Options.SavepointBudget (conflict_savepoint_budget) must be >= 0, got %d", o.SavepointBudget)
+	case o.BlindReread < BlindRereadWarn || o.BlindReread > BlindRereadOff:
+		return fmt.Errorf("sqlconflict: Options.BlindReread (conflict_blind_reread) must be BlindRereadWarn, BlindRereadError or BlindRereadOff, got %d", int(o.BlindReread))
+	}
+	return nil
+}
+
+// DSNForm says which DSN syntax to read.
+type DSNForm int
+
+const (
+	// DSNAuto guesses the form; see [SplitDSN].
+	DSNAuto DSNForm = iota
+	// DSNPostgresURL is lib/pq's URL form:
+	// postgres://user:pass@host:5432/db?sslmode=disable.
+	DSNPostgresURL
+	// DSNPostgresKV is lib/pq's key=value form:
+	// host=h dbname=db password='a b'.
+	DSNPostgresKV
+	// DSNMySQL is go-sql-driver/mysql's form:
+	// user:pass@tcp(host:3306)/db?parseTime=true.
+	DSNMySQL
+)
+
+const (
+	dsnOptionPrefix = "conflict_"
+	dsnOptionList   = "conflict_retries, conflict_backoff, conflict_max_backoff, conflict_savepoints, " +
+		"conflict_savepoint_budget, conflict_blind_reread, conflict_wrap_errors"
+)
+
+// SplitDSN reads the conflict_* options out of dsn, starting from base
+// (usually [DefaultOptions]), and returns the options and the DSN without
+// them, everything else byte for byte unchanged. The base drivers must not
+// see the options: both send parameters they do not know to the server.
+//
+// Option names are case-sensitive. An unknown or repeated conflict_* option,
+// a bad value, or options that fail [Options.Validate] are errors. Errors
+// quote no part of the DSN but an option's own name and value, so that they
+// never hold the password.
+//
+// DSNAuto reads a DSN starting with postgres:// or postgresql:// (in any
+// case) as a URL; else one that holds a '/' and an '@', "tcp(" or "unix(",
+// or that starts with '/', as MySQL; else as key=value. Pass the form when a
+// key=value DSN holds both '/' and '@', as in host=/tmp user=a@b.
+func SplitDSN(dsn string, form DSNForm, base Options) (Options, string, error) {
+	r := optionReader{opts: base, seen: map[string]bool{}}
+	if form == DSNAuto {
+		form = detectDSNForm(dsn)
+	}
+	var err error
+	switch form {
+	case DSNPostgresURL:
+		dsn, err = r.postgresURL(dsn)
+	case DSNPostgresKV:
+		dsn, err = r.postgresKV(dsn)
+	case DSNMySQL:
+		dsn, err = r.mysql(dsn)
+	default:
+		err = fmt.Errorf("sqlconflict: unknown DSNForm %d", int(form))
+	}
+	if err == nil {
+		err = r.opts.Validate()
+	}
+	if err != nil {
+		return Options{}, "", err
+	}
+	return r.opts, dsn, nil
+}
+
+// detectDSNForm implements DSNAuto.
+func detectDSNForm(dsn string) DSNForm {
+	prefixed := func(p string) bool { return len(dsn) >= len(p) && strings.EqualFold(dsn[:len(p)], p) }
+	switch {
+	case prefixed("postgres://") || prefixed("postgresql://"):
+		return DSNPostgresURL
+	case strings.HasPrefix(dsn, "/") || strings.Contains(dsn, "/") &&
+		(strings.Contains(dsn, "@") || strings.Contains(dsn, "tcp(") || strings.Contains(dsn, "unix(")):
+		return DSNMySQL
+	}
+	return DSNPostgresKV
+}
+
+// optionReader collects the conflict_* options of one DSN.
+type optionReader struct {
+	opts Options
+	seen map[string]bool
+	hide bool // quote no names or values in errors; see query
+}
+
+// postgresURL splits where net/url does (lib/pq parses URLs with it), but
+// without net/url.Parse, whose errors quote the whole URL.
+func (r *optionReader) postgresURL(dsn string) (string, error) {
+	// The fragment starts at the first '#': a '?' after it starts no query.
+	q := strings.IndexAny(dsn, "?#")
+	if q < 0 || dsn[q] == '#' {
+		return dsn, nil
+	}
+	end := len(dsn)
+	if h := strings.IndexByte(dsn[q:], '#'); h >= 0 {
+		end = q + h
+	}
+	return r.query(dsn, q, end, true)
+}
+
+// mysql splits where mysql.ParseDSN does: at the first '?' after the last
+// '/', since the password and the address may hold '/' and '?'.
+func (r *optionReader) mysql(dsn string) (string, error) {
+	s := strings.LastIndexByte(dsn, '/')
+	if s < 0 {
+		return dsn, nil // mysql.ParseDSN rejects it, unless empty
+	}
+	q := strings.IndexByte(dsn[s:], '?')
+	if q < 0 {
+		return dsn, nil
+	}
+	return r.query(dsn, s+q, len(dsn), false)
+}
+
+// query reads the conflict_* parameters of dsn[q+1:end], where dsn[q] is the
+// '?', and returns dsn without them; the '?' goes too if no parameter is
+// left. lib/pq (through net/url) unescapes keys; mysql does not.
+func (r *optionReader) query(dsn string, q, end int, unescapeKeys bool) (string, error) {
+	// An unescaped '?' in the password starts the query early, and the '@'
+	// that ends the user info then follows it: the query may hold part of
+	// the password.
+	r.hide = strings.Contains(dsn[q:], "@")
+	var kept []string
+	for seg := range strings.SplitSeq(dsn[q+1:end], "&") {
+		key, val, _ := strings.Cut(seg, "=")
+		if unescapeKeys {
+			if k, err := url.QueryUnescape(key); err == nil {
+				// lib/pq rewrites the query as key=value text, unquoted
+				// keys included, so space around a key vanishes.
+				key = strings.TrimFunc(k, unicode.IsSpace)
+			} else if strings.HasPrefix(key, dsnOptionPrefix) {
+				return "", fmt.Errorf("sqlconflict: DSN option %s: malformed percent-encoding in its name", r.quote(key))
+			}
+		}
+		if !strings.HasPrefix(key, dsnOptionPrefix) {
+			kept = append(kept, seg) // verbatim: the base driver judges it
+			continue
+		}
+		val, err := url.QueryUnescape(val)
+		if err := r.set(key, val, err); err != nil {
+			return "", err
+		}
+	}
+	if len(r.seen) == 0 {
+		return dsn, nil
+	}
+	rest := strings.Join(kept, "&")
+	if len(kept) > 0 {
+		rest = "?" + rest
+	}
+	return dsn[:q] + rest + dsn[end:], nil
+}
+
+// postgresKV removes the conflict_* pairs by slicing the original text, so
+// the other values keep their quoting. Two kept pairs stay apart by what
+// followed the first; the DSN's leading and trailing space stay.
+func (r *optionReader) postgresKV(dsn string) (string, error) {
+	type span struct {
+		start, end int
+		drop       bool
+	}
+	var pairs []span
+	err := scanPostgresKV(dsn, func(key, val string, start, end int) error {
+		drop := strings.HasPrefix(key, dsnOptionPrefix)
+		pairs = append(pairs, span{start, end, drop})
+		if drop {
+			return r.set(key, val, nil)
+		}
+		return nil
+	})
+	if err != nil || len(r.seen) == 0 {
+		return dsn, err
+	}
+	var b strings.Builder
+	b.WriteString(dsn[:pairs[0].start])
+	prev := -1
+	for i, p := range pairs {
+		if p.drop {
+			continue
+		}
+		if prev >= 0 {
+			b.WriteString(dsn[pairs[prev].end:pairs[prev+1].start])
+		}
+		b.WriteString(dsn[p.start:p.end])
+		prev = i
+	}
+	b.WriteString(dsn[pairs[len(pairs)-1].end:])
+	return b.String(), nil
+}
+
+// scanPostgresKV tokenizes a key=value DSN as lib/pq's Config.fromDSN does,
+// calling fn with each key, unescaped value and byte span of the pair. Its
+// own errors quote nothing: a misquoted password would show.
+func scanPostgresKV(s string, fn func(key, val string, start, end int) error) error {
+	i := 0
+	peek := func() rune { r, _ := utf8.DecodeRuneInString(s[i:]); return r }
+	next := func() rune { r, n := utf8.DecodeRuneInString(s[i:]); i += n; return r }
+	skipSpaces := func() {
+		for i < len(s) && unicode.IsSpace(peek()) {
+			next()
+		}
+	}
+	for {
+		skipSpaces()
+		if i == len(s) {
+			return nil
+		}
+		start := i
+		for i < len(s) && !unicode.IsSpace(peek()) && s[i] != '=' {
+			next()
+		}
+		key := s[start:i]
+		skipSpaces()
+		if i == len(s) || s[i] != '=' {
+			return errors.New(`sqlconflict: malformed key=value DSN: missing "=" after a key`)
+		}
+		i++
+		skipSpaces()
+		var val strings.Builder
+		switch {
+		case i == len(s): // "key=" at the end: empty value
+		case s[i] == '\'':
+			i++
+			for {
+				if i == len(s) {
+					return errors.New("sqlconflict: malformed key=value DSN: unterminated quoted value")
+				}
+				r := next()
+				if r == '\'' {
+					break
+				}
+				if r == '\\' && i < len(s) {
+					r = next()
+				}
+				val.WriteRune(r)
+			}
+		default:
+			for i < len(s) && !unicode.IsSpace(peek()) {
+				r := next()
+				if r == '\\' {
+					if i == len(s) {
+						return errors.New("sqlconflict: malformed key=value DSN: missing character after backslash")
+					}
+					r = next()
+				}
+				val.WriteRune(r)
+			}
+		}
+		if err := fn(key, val.String(), start, i); err != nil {
+			return err
+		}
+	}
+}
+
+// set applies one option. valErr is the value's unescaping error, reported
+// only once the key is known to be valid.
+func (r *optionReader) set(key, val string, valErr error) error {
+	o := &r.opts
+	var ok bool
+	var want string
+	count := func() (int, bool) { n, err := strconv.Atoi(val); return n, err == nil && n >= 0 }
+	duration := func() (time.Duration, bool) { d, err := time.ParseDuration(val); return d, err == nil && d >= 0 }
+	switch key {
+	case "conflict_retries":
+		o.Retries, ok = count()
+		want = "an integer >= 0"
+	case "conflict_backoff":
+		o.Backoff, ok = duration()
+		want = `a duration >= 0 such as "5ms"`
+	case "conflict_max_backoff":
+		o.MaxBackoff, ok = duration()
+		want = `a duration >= 0 such as "1s"`
+	case "conflict_savepoints":
+		o.Savepoints, ok = parseOptionEnum(val, SavepointsWrites)
+		want = `"off" or "writes"`
+	case "conflict_savepoint_budget":
+		o.SavepointBudget, ok = count()
+		want = "an integer >= 0"
+	case "conflict_blind_reread":
+		o.BlindReread, ok = parseOptionEnum(val, BlindRereadOff)
+		want = `"warn", "error" or "off"`
+	case "conflict_wrap_errors":
+		var err error
+		o.WrapErrors, err = strconv.ParseBool(val)
+		ok = err == nil
+		want = `a boolean such as "true" or "false"`
+	default:
+		return fmt.Errorf("sqlconflict: unknown DSN option %s (known: %s)", r.quote(key), dsnOptionList)
+	}
+	switch {
+	case r.seen[key]:
+		return fmt.Errorf("sqlconflict: DSN option %s given twice", key)
+	case valErr != nil:
+		return fmt.Errorf("sqlconflict: DSN option %s: malformed percent-encoding in its value", key)
+	case !ok:
+		return fmt.Errorf("sqlconflict: DSN option %s=%s: want %s", key, r.quote(val), want)
+	}
+	r.seen[key] = true
+	return nil
+}
+
+// quote quotes a name or value for an error, unless it may be part of a
+// password.
+func (r *optionReader) quote(s string) string {
+	if r.hide {
+		return "<hidden: '@' after '?' suggests an unescaped password>"
+	}
+	return strconv.Quote(s)
+}
+
+// parseOptionEnum maps a DSN value to the mode whose String it is.
+func parseOptionEnum[T interface {
+	~int
+	String() string
+}](s string, last T) (T, bool) {
+	for m := T(0); m <= last; m++ {
+		if m.String() == s {
+			return m, true
+		}
+	}
+	return 0, false
+}
