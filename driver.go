@@ -1,0 +1,201 @@
+// Package sqlconflict is a database/sql driver that wraps lib/pq and
+// go-sql-driver/mysql so that applications survive concurrent writes.
+//
+// It classifies duplicate-key, deadlock, serialization and lock-timeout errors
+// with their scope (see [Classify]), retries statements that provably had no
+// effect, guards writes inside transactions with savepoints when asked to,
+// refuses to run statements in a transaction that an earlier error doomed, and
+// warns when REPEATABLE READ makes the re-read after a conflict blind.
+//
+// Adopting it means changing the driver name and, optionally, the DSN:
+//
+//	db, err := sql.Open("sqlconflict-postgres", "postgres://app@db/app?conflict_retries=3")
+//	db, err := sql.Open("sqlconflict-mysql", "app@tcp(db:3306)/app?conflict_savepoints=writes")
+//
+// The errors an application receives are the base driver's own (*pq.Error,
+// *mysql.MySQLError) unless conflict_wrap_errors=true.
+package sqlconflict
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"log/slog"
+	"reflect"
+	"strings"
+
+	"github.com/go-sql-driver/mysql"
+	"github.com/lib/pq"
+	"github.com/ngrok/sqlmw"
+)
+
+// Driver names registered by this package.
+const (
+	DriverPostgres = "sqlconflict-postgres" // wraps github.com/lib/pq
+	DriverMySQL    = "sqlconflict-mysql"    // wraps github.com/go-sql-driver/mysql
+)
+
+func init() {
+	sql.Register(DriverPostgres, &Driver{base: &pq.Driver{}, form: DSNPostgresKV, opts: withDialect(DialectPostgres)})
+	sql.Register(DriverMySQL, &Driver{base: &mysql.MySQLDriver{}, form: DSNMySQL, opts: withDialect(DialectMySQL)})
+}
+
+func withDialect(d Dialect) Options {
+	o := DefaultOptions()
+	o.Dialect = d
+	return o
+}
+
+// Driver is a database/sql driver wrapping a base driver. Its DSNs are the
+// base driver's, plus conflict_* options that are read and removed before the
+// base driver sees the DSN.
+type Driver struct {
+	base driver.Driver
+	form DSNForm
+	opts Options
+}
+
+var (
+	_ driver.Driver        = (*Driver)(nil)
+	_ driver.DriverContext = (*Driver)(nil)
+)
+
+// Wrap returns a driver that wraps base with opts. conflict_* options in the
+// DSNs later passed to it override opts. Register it with [sql.Register].
+func Wrap(base driver.Driver, opts Options) *Driver {
+	return &Driver{base: base, form: DSNAuto, opts: opts}
+}
+
+// Open implements [driver.Driver]. database/sql prefers OpenConnector.
+func (d *Driver) Open(dsn string) (driver.Conn, error) {
+	c, err := d.OpenConnector(dsn)
+	if err != nil {
+		return nil, err
+	}
+	return c.Connect(context.Background())
+}
+
+// OpenConnector implements [driver.DriverContext]: it reads the conflict_*
+// options once, so that a bad option makes sql.Open fail, naming the option.
+func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
+	form := d.form
+	if form == DSNPostgresKV && isPostgresURL(dsn) {
+		form = DSNPostgresURL
+	}
+	opts, baseDSN, err := SplitDSN(dsn, form, d.opts)
+	if err != nil {
+		return nil, err
+	}
+	var base driver.Connector
+	if dc, ok := d.base.(driver.DriverContext); ok {
+		if base, err = dc.OpenConnector(baseDSN); err != nil {
+			return nil, redact(err, dsnPassword(baseDSN))
+		}
+	} else {
+		base = dsnConnector{dsn: baseDSN, drv: d.base}
+	}
+	c, err := newConnector(base, d, opts)
+	if err != nil {
+		return nil, err
+	}
+	c.secret = dsnPassword(baseDSN)
+	return c, nil
+}
+
+// NewConnector wraps base, for use with [sql.OpenDB]. It fails if opts is
+// invalid (see [Options.Validate]).
+func NewConnector(base driver.Connector, opts Options) (driver.Connector, error) {
+	return newConnector(base, &Driver{base: base.Driver(), form: DSNAuto, opts: opts}, opts)
+}
+
+// connector is the wrapping driver.Connector. It is immutable after
+// construction and shared by every connection it makes.
+type connector struct {
+	base   driver.Connector
+	drv    *Driver
+	cfg    *config
+	secret string // the DSN's password, to keep it out of Connect's errors
+}
+
+func newConnector(base driver.Connector, drv *Driver, opts Options) (*connector, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.Dialect == DialectUnknown {
+		opts.Dialect = detectDialect(base.Driver())
+	}
+	return &connector{base: base, drv: drv, cfg: &config{Options: opts}}, nil
+}
+
+// Connect opens a base connection and gives it its own interceptor. sqlmw
+// hands an interceptor no connection identity, so one interceptor per
+// connection is what makes the interceptor's fields the connection's state:
+// they live and die with the connection, with no map to leak or lock.
+func (c *connector) Connect(ctx context.Context) (driver.Conn, error) {
+	bc, err := c.base.Connect(ctx)
+	if err != nil {
+		return nil, redact(err, c.secret)
+	}
+	ic := &interceptor{cfg: c.cfg}
+	if err := ic.init(ctx, bc); err != nil {
+		bc.Close()
+		return nil, err
+	}
+	return sqlmw.Driver(connDriver{bc}, ic).Open("")
+}
+
+// Driver implements [driver.Connector].
+func (c *connector) Driver() driver.Driver { return c.drv }
+
+// config is the immutable per-connector configuration shared by its
+// connections.
+type config struct {
+	Options
+}
+
+func (c *config) logger() *slog.Logger {
+	if c.Logger != nil {
+		return c.Logger
+	}
+	return slog.Default()
+}
+
+// connDriver lets sqlmw wrap a connection that is already open.
+type connDriver struct{ c driver.Conn }
+
+func (d connDriver) Open(string) (driver.Conn, error) { return d.c, nil }
+
+// dsnConnector adapts a driver without DriverContext.
+type dsnConnector struct {
+	dsn string
+	drv driver.Driver
+}
+
+func (c dsnConnector) Connect(context.Context) (driver.Conn, error) { return c.drv.Open(c.dsn) }
+func (c dsnConnector) Driver() driver.Driver                        { return c.drv }
+
+// isPostgresURL tells lib/pq's two DSN forms apart the way lib/pq does.
+func isPostgresURL(dsn string) bool {
+	l := strings.ToLower(dsn)
+	return strings.HasPrefix(l, "postgres://") || strings.HasPrefix(l, "postgresql://")
+}
+
+// detectDialect guesses the SQL dialect from the base driver's package, so
+// that NewConnector works with lib/pq, pgx's stdlib, and go-sql-driver/mysql
+// without the caller saying which.
+func detectDialect(d driver.Driver) Dialect {
+	t := reflect.TypeOf(d)
+	for t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t == nil {
+		return DialectUnknown
+	}
+	switch p := t.PkgPath(); {
+	case strings.Contains(p, "lib/pq"), strings.Contains(p, "jackc/pgx"):
+		return DialectPostgres
+	case strings.Contains(p, "go-sql-driver/mysql"):
+		return DialectMySQL
+	}
+	return DialectUnknown
+}

@@ -1,0 +1,177 @@
+package sqlconflict
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"strings"
+	"testing"
+)
+
+// openFake opens a wrapped fakeDriver.
+func openFake(t testing.TB, d *fakeDriver, opts Options) *sql.DB {
+	t.Helper()
+	c, err := NewConnector(dsnConnector{drv: d}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(c)
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// TestOptionalInterfaces: the base connection's optional interfaces are
+// reached through the wrapper.
+func TestOptionalInterfaces(t *testing.T) {
+	d := &fakeDriver{}
+	db := openFake(t, d, DefaultOptions())
+	db.SetMaxOpenConns(1)
+	if err := db.Ping(); err != nil {
+		t.Fatal(err)
+	}
+	if d.count("Ping") == 0 {
+		t.Error("Pinger not forwarded")
+	}
+	// database/sql's default converter refuses a uint64 with the high bit set;
+	// only the base conn's NamedValueChecker accepts it.
+	if _, err := db.Exec("INSERT INTO t VALUES (?)", uint64(1<<63+5)); err != nil {
+		t.Fatalf("NamedValueChecker not forwarded: %v", err)
+	}
+	if d.count("CheckNamedValue") == 0 {
+		t.Error("CheckNamedValue not called")
+	}
+	// The pool resets and validates a connection it hands out again.
+	for range 3 {
+		if _, err := db.Exec("SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d.count("ResetSession") == 0 {
+		t.Error("SessionResetter not forwarded")
+	}
+	if d.count("IsValid") == 0 {
+		t.Error("Validator not forwarded")
+	}
+}
+
+// TestIntegrationOptionalInterfaces checks the same against the real drivers.
+func TestIntegrationOptionalInterfaces(t *testing.T) {
+	eachServer(t, func(t *testing.T, s server) {
+		db := s.open(t)
+		ctx := context.Background()
+		big := uint64(1<<63 + 5)
+		if s.pg() {
+			// lib/pq's checker sends a large uint64 as text and a slice as an array.
+			var got string
+			if err := db.QueryRow("SELECT $1::numeric::text", big).Scan(&got); err != nil || got != "9223372036854775813" {
+				t.Errorf("uint64 through NamedValueChecker: %q, %v", got, err)
+			}
+			var n int
+			if err := db.QueryRow("SELECT cardinality($1::int[])", []int64{1, 2, 3}).Scan(&n); err != nil || n != 3 {
+				t.Errorf("slice through NamedValueChecker: %d, %v", n, err)
+			}
+		} else {
+			tbl := s.table(t, db, "", "id INT PRIMARY KEY, u BIGINT UNSIGNED")
+			mustExec(t, db, "INSERT INTO "+tbl+" (id, u) VALUES (?, ?)", 1, big)
+			var got uint64
+			if err := db.QueryRow("SELECT u FROM " + tbl + " WHERE id = 1").Scan(&got); err != nil || got != big {
+				t.Errorf("uint64 through NamedValueChecker: %d, %v", got, err)
+			}
+		}
+		conn, err := db.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		err = conn.Raw(func(dc any) error {
+			if p, ok := dc.(driver.Pinger); !ok || p.Ping(ctx) != nil {
+				t.Errorf("Pinger missing or failing on %T", dc)
+			}
+			if r, ok := dc.(driver.SessionResetter); !ok || r.ResetSession(ctx) != nil {
+				t.Errorf("SessionResetter missing or failing on %T", dc)
+			}
+			if v, ok := dc.(driver.Validator); !ok || !v.IsValid() {
+				t.Errorf("Validator missing or false on %T", dc)
+			}
+			if _, ok := dc.(driver.NamedValueChecker); !ok {
+				t.Errorf("NamedValueChecker missing on %T", dc)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestOpenBadOption: sql.Open fails on a bad conflict_* option, naming it,
+// and never shows the password.
+func TestOpenBadOption(t *testing.T) {
+	for _, tc := range []struct{ driver, dsn, option string }{
+		{DriverPostgres, "postgres://u:s3cretpw@localhost/db?conflict_retries=x", "conflict_retries"},
+		{DriverPostgres, "postgres://u:s3cretpw@localhost/db?conflict_nope=1", "conflict_nope"},
+		{DriverPostgres, "host=localhost password=s3cretpw conflict_backoff=fast", "conflict_backoff"},
+		{DriverMySQL, "u:s3cretpw@tcp(localhost:3306)/db?conflict_savepoints=all", "conflict_savepoints"},
+		{DriverMySQL, "u:s3cretpw@tcp(localhost:3306)/db?conflict_blind_reread=loud", "conflict_blind_reread"},
+	} {
+		_, err := sql.Open(tc.driver, tc.dsn)
+		if err == nil {
+			t.Errorf("%s: Open succeeded", tc.dsn)
+			continue
+		}
+		if !strings.Contains(err.Error(), tc.option) {
+			t.Errorf("%s: error %q does not name %s", tc.dsn, err, tc.option)
+		}
+		if strings.Contains(err.Error(), "s3cretpw") {
+			t.Errorf("%s: error %q shows the password", tc.dsn, err)
+		}
+	}
+}
+
+// TestOpenBaseDSNErrorRedacted: a base driver's DSN error that would quote
+// the password does not.
+func TestOpenBaseDSNErrorRedacted(t *testing.T) {
+	for _, dsn := range []string{
+		"postgres://u:s3cretpw@localhost:badport/db",
+		"postgres://u:s3cretpw@local host/db?conflict_retries=1",
+		"u:s3cretpw@tcp(localhost:3306)/db?tls=nonexistent-tls-config",
+	} {
+		name := DriverPostgres
+		if !strings.HasPrefix(dsn, "postgres") {
+			name = DriverMySQL
+		}
+		db, err := sql.Open(name, dsn)
+		if err == nil {
+			err = db.Ping()
+			db.Close()
+		}
+		if err == nil {
+			t.Errorf("%s: no error", dsn)
+			continue
+		}
+		if strings.Contains(err.Error(), "s3cretpw") {
+			t.Errorf("error shows the password: %v", err)
+		}
+	}
+}
+
+func TestDetectDialect(t *testing.T) {
+	for _, tc := range []struct {
+		d    driver.Driver
+		want Dialect
+	}{
+		{&fakeDriver{}, DialectUnknown},
+	} {
+		if got := detectDialect(tc.d); got != tc.want {
+			t.Errorf("detectDialect(%T) = %v, want %v", tc.d, got, tc.want)
+		}
+	}
+	for _, name := range []string{"postgres", "mysql"} {
+		db, _ := sql.Open(name, "")
+		got := detectDialect(db.Driver())
+		want := map[string]Dialect{"postgres": DialectPostgres, "mysql": DialectMySQL}[name]
+		if got != want {
+			t.Errorf("detectDialect(%s) = %v, want %v", name, got, want)
+		}
+	}
+}

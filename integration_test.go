@@ -1,0 +1,314 @@
+package sqlconflict
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+	"github.com/lib/pq"
+)
+
+// Integration tests run against the servers named by these variables. Unset,
+// the tests skip; set, an unreachable server fails them.
+const (
+	envPG    = "SQLCONFLICT_PG_DSN"
+	envMySQL = "SQLCONFLICT_MYSQL_DSN"
+)
+
+// server is one integration target.
+type server struct {
+	name   string // "postgres" or "mysql"
+	driver string // the wrapped driver's name
+	raw    string // the base driver's name
+	dsn    string
+}
+
+func (s server) pg() bool { return s.name == "postgres" }
+
+// ph returns the n-th (1-based) placeholder of the server's dialect.
+func (s server) ph(n int) string {
+	if s.pg() {
+		return fmt.Sprintf("$%d", n)
+	}
+	return "?"
+}
+
+// q rewrites $n placeholders for MySQL, so one query text serves both.
+func (s server) q(query string) string {
+	if s.pg() {
+		return query
+	}
+	for n := 9; n >= 1; n-- {
+		query = strings.ReplaceAll(query, fmt.Sprintf("$%d", n), "?")
+	}
+	return query
+}
+
+// servers returns the configured integration servers, skipping the test if
+// neither is.
+func servers(t testing.TB) []server {
+	t.Helper()
+	var out []server
+	if dsn := os.Getenv(envPG); dsn != "" {
+		out = append(out, server{"postgres", DriverPostgres, "postgres", dsn})
+	}
+	if dsn := os.Getenv(envMySQL); dsn != "" {
+		out = append(out, server{"mysql", DriverMySQL, "mysql", dsn})
+	}
+	if len(out) == 0 {
+		t.Skipf("integration test: set %s and/or %s (see .ci/run)", envPG, envMySQL)
+	}
+	return out
+}
+
+// eachServer runs f as a subtest per configured server.
+func eachServer(t *testing.T, f func(t *testing.T, s server)) {
+	for _, s := range servers(t) {
+		t.Run(s.name, func(t *testing.T) { f(t, s) })
+	}
+}
+
+// withParams appends DSN query parameters.
+func withParams(dsn string, params ...string) string {
+	if len(params) == 0 {
+		return dsn
+	}
+	sep := "?"
+	if strings.Contains(dsn[strings.LastIndex(dsn, "/")+1:], "?") {
+		sep = "&"
+	}
+	return dsn + sep + strings.Join(params, "&")
+}
+
+// open opens the wrapped driver with extra DSN params and fails the test if
+// the server does not answer.
+func (s server) open(t testing.TB, params ...string) *sql.DB {
+	t.Helper()
+	return s.openDriver(t, s.driver, params...)
+}
+
+// openRaw opens the base driver directly.
+func (s server) openRaw(t testing.TB, params ...string) *sql.DB {
+	t.Helper()
+	return s.openDriver(t, s.raw, params...)
+}
+
+func (s server) openDriver(t testing.TB, name string, params ...string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open(name, withParams(s.dsn, params...))
+	if err != nil {
+		t.Fatalf("open %s: %v", name, err)
+	}
+	t.Cleanup(func() { db.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := db.PingContext(ctx); err != nil {
+		t.Fatalf("%s server unreachable (%s is set): %v", s.name, map[bool]string{true: envPG, false: envMySQL}[s.pg()], err)
+	}
+	return db
+}
+
+// table creates a fresh table named after the test and drops it afterwards.
+// cols is the column list, in the server's syntax.
+func (s server) table(t testing.TB, db *sql.DB, suffix, cols string) string {
+	t.Helper()
+	name := strings.ToLower(strings.NewReplacer("/", "_", "-", "_", " ", "_", "#", "_").Replace(t.Name()))
+	if len(name) > 40 {
+		name = name[len(name)-40:]
+	}
+	name = "t_" + strings.Trim(name, "_") + suffix
+	mustExec(t, db, "DROP TABLE IF EXISTS "+name)
+	mustExec(t, db, "CREATE TABLE "+name+" ("+cols+")")
+	t.Cleanup(func() { db.Exec("DROP TABLE IF EXISTS " + name) })
+	return name
+}
+
+func mustExec(t testing.TB, db interface {
+	Exec(string, ...any) (sql.Result, error)
+}, q string, args ...any) sql.Result {
+	t.Helper()
+	res, err := db.Exec(q, args...)
+	if err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+	return res
+}
+
+func count(t testing.TB, db *sql.DB, q string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := db.QueryRow(q, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+	return n
+}
+
+// checkClass asserts the classification of err and that it is the base
+// driver's own error type, unwrapped.
+func checkClass(t *testing.T, s server, err error, kind Kind, scope Scope, constraint string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("want a %v error, got nil", kind)
+	}
+	cl := Classify(err)
+	if cl.Kind != kind || cl.Scope != scope {
+		t.Errorf("Classify(%v) = %v/%v, want %v/%v", err, cl.Kind, cl.Scope, kind, scope)
+	}
+	if constraint != "" && cl.Constraint != constraint {
+		t.Errorf("Constraint = %q, want %q (err %v)", cl.Constraint, constraint, err)
+	}
+	if s.pg() {
+		if _, ok := err.(*pq.Error); !ok {
+			t.Errorf("error is %T, want *pq.Error unchanged", err)
+		}
+	} else if _, ok := err.(*mysql.MySQLError); !ok {
+		t.Errorf("error is %T, want *mysql.MySQLError unchanged", err)
+	}
+}
+
+func TestIntegrationClassifyConstraints(t *testing.T) {
+	eachServer(t, func(t *testing.T, s server) {
+		db := s.open(t)
+		parent := s.table(t, db, "_p", "id INT PRIMARY KEY, title VARCHAR(50), n INT NOT NULL, CONSTRAINT uq_title UNIQUE (title), CONSTRAINT chk_n CHECK (n >= 0)")
+		child := s.table(t, db, "_c", "id INT PRIMARY KEY, pid INT, CONSTRAINT fk_child_parent FOREIGN KEY (pid) REFERENCES "+parent+"(id)")
+		mustExec(t, db, s.q("INSERT INTO "+parent+" (id, title, n) VALUES ($1, $2, $3)"), 1, "a", 1)
+
+		_, err := db.Exec(s.q("INSERT INTO "+parent+" (id, title, n) VALUES ($1, $2, $3)"), 2, "a", 1)
+		checkClass(t, s, err, KindUniqueViolation, ScopeStatement, "uq_title")
+		if !IsUniqueViolation(err) || IsRetryable(err) {
+			t.Errorf("IsUniqueViolation/IsRetryable wrong for %v", err)
+		}
+
+		_, err = db.Exec(s.q("INSERT INTO "+child+" (id, pid) VALUES ($1, $2)"), 1, 99)
+		checkClass(t, s, err, KindForeignKeyViolation, ScopeStatement, "fk_child_parent")
+
+		_, err = db.Exec(s.q("INSERT INTO "+parent+" (id, title, n) VALUES ($1, $2, $3)"), 3, "c", -1)
+		checkClass(t, s, err, KindCheckViolation, ScopeStatement, "chk_n")
+
+		_, err = db.Exec(s.q("INSERT INTO "+parent+" (id, title, n) VALUES ($1, $2, $3)"), 4, "d", nil)
+		checkClass(t, s, err, KindNotNullViolation, ScopeStatement, "")
+	})
+}
+
+func TestIntegrationClassifyDeadlock(t *testing.T) {
+	eachServer(t, func(t *testing.T, s server) {
+		db := s.open(t, "conflict_retries=0")
+		tbl := s.table(t, db, "", "id INT PRIMARY KEY, v INT")
+		mustExec(t, db, "INSERT INTO "+tbl+" (id, v) VALUES (1, 0), (2, 0)")
+		err := provokeDeadlock(t, s, db, tbl)
+		scope := ScopeTransaction
+		if s.pg() {
+			scope = ScopeStatement // PostgreSQL aborts the transaction; a savepoint would recover it
+		}
+		checkClass(t, s, err, KindDeadlock, scope, "")
+		if !IsRetryable(err) {
+			t.Errorf("deadlock not retryable: %v", err)
+		}
+	})
+}
+
+// provokeDeadlock runs two transactions that lock rows 1 and 2 in opposite
+// orders and returns the victim's error. The victim's transaction is rolled
+// back, the survivor's committed.
+func provokeDeadlock(t *testing.T, s server, db *sql.DB, tbl string) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var txs [2]*sql.Tx
+	for i := range txs {
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		txs[i] = tx
+		if s.pg() {
+			mustExec(t, tx, "SET LOCAL deadlock_timeout = '50ms'")
+		}
+		mustExec(t, tx, s.q("UPDATE "+tbl+" SET v = v + 1 WHERE id = $1"), i+1)
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i, tx := range txs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if i == 1 {
+				time.Sleep(100 * time.Millisecond) // let tx 0 wait first
+			}
+			_, errs[i] = tx.ExecContext(ctx, s.q("UPDATE "+tbl+" SET v = v + 1 WHERE id = $1"), 2-i)
+			if errs[i] != nil {
+				tx.Rollback()
+			} else if err := tx.Commit(); err != nil {
+				errs[i] = fmt.Errorf("survivor commit: %w", err)
+			}
+		}()
+	}
+	wg.Wait()
+	switch {
+	case errs[0] != nil && errs[1] != nil:
+		t.Fatalf("both failed: %v / %v", errs[0], errs[1])
+	case errs[0] != nil:
+		return errs[0]
+	case errs[1] != nil:
+		return errs[1]
+	}
+	t.Fatal("no deadlock happened")
+	return nil
+}
+
+func TestIntegrationClassifyLockTimeout(t *testing.T) {
+	eachServer(t, func(t *testing.T, s server) {
+		db := s.open(t, "conflict_retries=0")
+		tbl := s.table(t, db, "", "id INT PRIMARY KEY, v INT")
+		mustExec(t, db, "INSERT INTO "+tbl+" (id, v) VALUES (1, 0)")
+		holder, err := db.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer holder.Rollback()
+		mustExec(t, holder, "UPDATE "+tbl+" SET v = 1 WHERE id = 1")
+
+		waiter, err := db.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer waiter.Rollback()
+		if s.pg() {
+			mustExec(t, waiter, "SET LOCAL lock_timeout = '100ms'")
+		} else {
+			mustExec(t, waiter, "SET SESSION innodb_lock_wait_timeout = 1")
+		}
+		_, err = waiter.Exec("UPDATE " + tbl + " SET v = 2 WHERE id = 1")
+		checkClass(t, s, err, KindLockTimeout, ScopeStatement, "")
+		if !IsRetryable(err) {
+			t.Errorf("lock timeout not retryable: %v", err)
+		}
+	})
+}
+
+// TestIntegrationWrapErrors: with conflict_wrap_errors=true the error is an
+// *Error that matches the sentinel and still unwraps to the driver's error.
+func TestIntegrationWrapErrors(t *testing.T) {
+	eachServer(t, func(t *testing.T, s server) {
+		db := s.open(t, "conflict_wrap_errors=true")
+		tbl := s.table(t, db, "", "id INT PRIMARY KEY")
+		mustExec(t, db, "INSERT INTO "+tbl+" (id) VALUES (1)")
+		_, err := db.Exec("INSERT INTO " + tbl + " (id) VALUES (1)")
+		var e *Error
+		if !errors.As(err, &e) || !errors.Is(err, ErrUniqueViolation) {
+			t.Fatalf("err %T %v: want *Error matching ErrUniqueViolation", err, err)
+		}
+		var pqErr *pq.Error
+		var myErr *mysql.MySQLError
+		if s.pg() && !errors.As(err, &pqErr) || !s.pg() && !errors.As(err, &myErr) {
+			t.Errorf("errors.As to the driver's error type failed for %T", err)
+		}
+	})
+}

@@ -1,0 +1,52 @@
+package sqlconflict
+
+import (
+	"context"
+	"log/slog"
+)
+
+// Event is something the wrapper did about a conflict.
+type Event int
+
+const (
+	// EventRetry: a statement is about to be run again.
+	EventRetry Event = iota + 1
+	// EventSavepointRollback: a guarded statement failed and was rolled back
+	// to its savepoint; the transaction goes on.
+	EventSavepointRollback
+	// EventTxDoomed: an error ended the transaction on the server; its
+	// remaining statements and Commit will fail with ErrTxAborted.
+	EventTxDoomed
+)
+
+// String returns "retry", "savepoint rollback" or "transaction doomed".
+func (e Event) String() string {
+	switch e {
+	case EventRetry:
+		return "retry"
+	case EventSavepointRollback:
+		return "savepoint rollback"
+	case EventTxDoomed:
+		return "transaction doomed"
+	}
+	return "unknown"
+}
+
+// Observation is one event reported to [Options.Observer].
+type Observation struct {
+	Event   Event
+	Class   Class // the classification of the error behind the event
+	Attempt int   // for EventRetry, the number of the attempt about to run (2 for the first retry)
+}
+
+// event reports what the wrapper did: to the Observer, and to the logger at
+// debug level.
+func (ic *interceptor) event(ev Event, cl Class, attempt int) {
+	if ic.cfg.Observer != nil {
+		ic.cfg.Observer(Observation{Event: ev, Class: cl, Attempt: attempt})
+	}
+	if l := ic.cfg.logger(); l.Enabled(context.Background(), slog.LevelDebug) {
+		l.Debug("sqlconflict: "+ev.String(),
+			slog.String("kind", cl.Kind.String()), slog.String("code", cl.Code), slog.Int("attempt", attempt))
+	}
+}
