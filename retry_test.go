@@ -1,0 +1,244 @@
+package sqlconflict
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"io"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	sqlmock "github.com/DATA-DOG/go-sqlmock"
+)
+
+// failN returns an errs function that fails the first n statements matching
+// q with err.
+func failN(q string, n int, err error) func(string) error {
+	var seen atomic.Int32
+	return func(s string) error {
+		if s == q && int(seen.Add(1)) <= n {
+			return err
+		}
+		return nil
+	}
+}
+
+func TestAutocommitRetry(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		err     error
+		fails   int
+		retries int
+		wantErr bool
+		calls   int
+	}{
+		{"deadlock retried", errMyDeadlock, 2, 3, false, 3},
+		{"lock timeout retried", errPGLock, 1, 3, false, 2},
+		{"serialization retried", errPGSerial, 3, 3, false, 4},
+		{"budget spent", errPGDeadlock, 5, 2, true, 3},
+		{"retries off", errPGDeadlock, 1, 0, true, 1},
+		{"unique never retried", errPGUnique, 1, 3, true, 1},
+		{"unknown outcome never retried", driver.ErrBadConn, 5, 3, true, 0},
+		{"lost connection never retried", io.ErrUnexpectedEOF, 1, 3, true, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := &fakeDriver{errs: failN("UPDATE t SET x = 1", tc.fails, tc.err)}
+			opts := fastOptions(DialectUnknown)
+			opts.Retries = tc.retries
+			var retries atomic.Int32
+			opts.Observer = func(o Observation) {
+				if o.Event == EventRetry {
+					retries.Add(1)
+				}
+			}
+			db := openFake(t, d, opts)
+			_, err := db.Exec("UPDATE t SET x = 1")
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err = %v, want error %v", err, tc.wantErr)
+			}
+			if tc.wantErr && tc.calls > 0 && !errors.Is(err, tc.err) {
+				t.Errorf("err = %v, want the last cause %v", err, tc.err)
+			}
+			if tc.calls > 0 && len(d.stmts) != tc.calls {
+				// database/sql itself retries ErrBadConn on new conns: not counted here.
+				t.Errorf("statement sent %d times, want %d", len(d.stmts), tc.calls)
+			}
+			if want := max(tc.calls-1, 0); tc.calls > 0 && int(retries.Load()) != want {
+				t.Errorf("observed %d retries, want %d", retries.Load(), want)
+			}
+		})
+	}
+}
+
+// TestRetryStopsWithContext: a context that ends during the backoff ends the
+// retries at once, with the context's error.
+func TestRetryStopsWithContext(t *testing.T) {
+	d := &fakeDriver{errs: failN("UPDATE t SET x = 1", 100, errPGDeadlock)}
+	opts := fastOptions(DialectUnknown)
+	opts.Retries, opts.Backoff, opts.MaxBackoff = 100, time.Hour, time.Hour
+	db := openFake(t, d, opts)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := db.ExecContext(ctx, "UPDATE t SET x = 1")
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want context.DeadlineExceeded", err)
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Errorf("returned after %v", el)
+	}
+}
+
+// TestPreparedRetry: prepared statements get the same retries.
+func TestPreparedRetry(t *testing.T) {
+	d := &fakeDriver{errs: failN("UPDATE t SET x = ?", 2, errMyLock)}
+	db := openFake(t, d, fastOptions(DialectMySQL))
+	st, err := db.Prepare("UPDATE t SET x = ?")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.Exec(1); err != nil {
+		t.Fatal(err)
+	}
+	if len(d.stmts) != 3 {
+		t.Errorf("sent %d times, want 3", len(d.stmts))
+	}
+}
+
+// TestQueryRetryBeforeFirstRow: a locking read whose first Next fails (where
+// PostgreSQL reports lock errors) is run again, since no row reached the
+// caller; one failing after a row was returned is not.
+func TestQueryRetryBeforeFirstRow(t *testing.T) {
+	opts := fastOptions(DialectPostgres)
+	db, mock := mockDB(t, opts)
+	q := "SELECT x FROM t WHERE id = 1 FOR UPDATE"
+	mock.ExpectQuery(exact(q)).WillReturnRows(sqlmock.NewRows([]string{"x"}).AddRow(1).RowError(0, errPGDeadlock))
+	mock.ExpectQuery(exact(q)).WillReturnRows(sqlmock.NewRows([]string{"x"}).AddRow(7))
+	var x int
+	if err := db.QueryRow(q).Scan(&x); err != nil || x != 7 {
+		t.Fatalf("x = %d, err = %v; want 7 from the retry", x, err)
+	}
+
+	mock.ExpectQuery(exact(q)).WillReturnRows(sqlmock.NewRows([]string{"x"}).AddRow(1).AddRow(2).RowError(1, errPGDeadlock))
+	rows, err := db.Query(q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for rows.Next() {
+		n++
+	}
+	if n != 1 || rows.Err() != errPGDeadlock {
+		t.Fatalf("rows = %d, err = %v; want 1 row then the deadlock, not a retry", n, rows.Err())
+	}
+	rows.Close()
+}
+
+// TestTxStatementsNotRetriedUnguarded: without a savepoint a failed statement
+// inside a transaction is never rerun.
+func TestTxStatementsNotRetriedUnguarded(t *testing.T) {
+	d := &fakeDriver{errs: failN("UPDATE t SET x = 1", 1, errMyLock)}
+	opts := fastOptions(DialectMySQL)
+	opts.Savepoints = SavepointsOff
+	db := openFake(t, d, opts)
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.Exec("UPDATE t SET x = 1"); err != errMyLock {
+		t.Fatalf("err = %v", err)
+	}
+	// MySQL's lock timeout undoes the statement only: the tx goes on.
+	if _, err := tx.Exec("UPDATE t SET x = 1"); err != nil {
+		t.Fatalf("tx unusable after a statement-scoped error: %v", err)
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	for attempt := range 20 {
+		d := backoff(attempt, 5*time.Millisecond, time.Second)
+		cap := min(5*time.Millisecond<<min(attempt, 30), time.Second)
+		if d < 0 || d > cap {
+			t.Errorf("backoff(%d) = %v, want within [0, %v]", attempt, d, cap)
+		}
+	}
+	if d := backoff(3, 0, time.Second); d != 0 {
+		t.Errorf("zero base: %v", d)
+	}
+}
+
+// TestRunTx covers the retry decisions of RunTx on a fake driver.
+func TestRunTx(t *testing.T) {
+	ctx := context.Background()
+	d := &fakeDriver{errs: failN("COMMIT", 2, errPGSerial)}
+	db := openFake(t, d, fastOptions(DialectPostgres))
+	var runs, hooks int
+	err := TxRunner{Backoff: time.Microsecond}.Run(ctx, db, nil, func(ctx context.Context, tx *sql.Tx) error {
+		runs++
+		OnCommit(ctx, func() { hooks++ })
+		_, err := tx.ExecContext(ctx, "INSERT INTO t VALUES (1)")
+		return err
+	})
+	if err != nil || runs != 3 || hooks != 1 {
+		t.Fatalf("err = %v, runs = %d, hooks = %d; want nil, 3, 1", err, runs, hooks)
+	}
+
+	// Exhausted: a RetryError that says how many attempts and wraps the cause.
+	d.errs = failN("COMMIT", 100, errPGSerial)
+	err = TxRunner{MaxAttempts: 4, Backoff: time.Microsecond}.Run(ctx, db, nil, func(ctx context.Context, tx *sql.Tx) error {
+		OnCommit(ctx, func() { t.Error("hook of a failed attempt ran") })
+		return nil
+	})
+	var re *RetryError
+	if !errors.As(err, &re) || re.Attempts != 4 || !errors.Is(err, errPGSerial) {
+		t.Fatalf("err = %v, want RetryError after 4 attempts wrapping the serialization failure", err)
+	}
+
+	// The application's own errors, and unique violations by default, are not retried.
+	d.errs = failN("COMMIT", 0, nil)
+	appErr := errors.New("app")
+	runs = 0
+	err = RunTx(ctx, db, nil, func(context.Context, *sql.Tx) error { runs++; return appErr })
+	if err != appErr || runs != 1 {
+		t.Fatalf("err = %v runs = %d", err, runs)
+	}
+	runs = 0
+	err = RunTx(ctx, db, nil, func(context.Context, *sql.Tx) error { runs++; return errPGUnique })
+	if err != errPGUnique || runs != 1 {
+		t.Fatalf("unique: err = %v runs = %d", err, runs)
+	}
+	runs = 0
+	err = TxRunner{RetryUniqueViolation: true, MaxAttempts: 3, Backoff: time.Microsecond}.Run(ctx, db, nil,
+		func(context.Context, *sql.Tx) error { runs++; return errPGUnique })
+	if !errors.As(err, &re) || runs != 3 {
+		t.Fatalf("unique opt-in: err = %v runs = %d", err, runs)
+	}
+	// ErrRetryTx asks for another attempt (an optimistic-lock miss).
+	runs = 0
+	err = RunTx(ctx, db, nil, func(context.Context, *sql.Tx) error {
+		if runs++; runs < 3 {
+			return ErrRetryTx
+		}
+		return nil
+	})
+	if err != nil || runs != 3 {
+		t.Fatalf("ErrRetryTx: err = %v runs = %d", err, runs)
+	}
+	// An unknown outcome is never retried.
+	d.errs = failN("COMMIT", 1, io.ErrUnexpectedEOF)
+	runs = 0
+	err = RunTx(ctx, db, nil, func(context.Context, *sql.Tx) error { runs++; return nil })
+	if !errors.Is(err, io.ErrUnexpectedEOF) || runs != 1 {
+		t.Fatalf("unknown outcome: err = %v runs = %d", err, runs)
+	}
+	// Outside RunTx, OnCommit runs at once.
+	ran := false
+	OnCommit(ctx, func() { ran = true })
+	if !ran {
+		t.Error("OnCommit outside RunTx did not run")
+	}
+}

@@ -1,0 +1,140 @@
+package sqlconflict
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// TxBeginner is what RunTx needs: *sql.DB and *sql.Conn have it.
+type TxBeginner interface {
+	BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error)
+}
+
+// TxRunner runs transactions with whole-transaction retries. Its zero value
+// uses the defaults documented on each field.
+type TxRunner struct {
+	// MaxAttempts bounds the attempts, the first included. Zero means 10.
+	MaxAttempts int
+	// Backoff and MaxBackoff shape the wait between attempts, as the
+	// conflict_backoff and conflict_max_backoff options do. Zero means 5ms
+	// and 1s.
+	Backoff, MaxBackoff time.Duration
+	// RetryUniqueViolation reruns the transaction on a unique violation too.
+	// Right for get-or-create written as select-then-insert: the rerun sees
+	// the winner's row. Wrong where the duplicate is a real user error.
+	RetryUniqueViolation bool
+}
+
+// ErrRetryTx, returned by a RunTx function (possibly wrapped), asks for
+// another attempt: for instance when an optimistic-lock UPDATE ... WHERE
+// version = $n matched no row because another transaction got there first.
+var ErrRetryTx = errors.New("sqlconflict: transaction should be retried")
+
+// RetryError is returned when the last attempt failed with an error that
+// would have been retried. It wraps that error.
+type RetryError struct {
+	Attempts int
+	Err      error
+}
+
+func (e *RetryError) Error() string {
+	return fmt.Sprintf("sqlconflict: transaction failed after %d attempts: %v", e.Attempts, e.Err)
+}
+
+// Unwrap returns the last attempt's error.
+func (e *RetryError) Unwrap() error { return e.Err }
+
+// RunTx is TxRunner{}.Run: it runs fn in a transaction, retrying the whole
+// transaction on deadlocks, serialization failures and lock timeouts.
+func RunTx(ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(ctx context.Context, tx *sql.Tx) error) error {
+	return TxRunner{}.Run(ctx, db, opts, fn)
+}
+
+// Run begins a transaction, runs fn, and commits. If fn or Commit fails with
+// an error that a fresh attempt may not meet (see [Class.Retryable]), it rolls
+// back, waits, and runs everything again, up to MaxAttempts. An error whose
+// outcome is unknown (the connection was lost during COMMIT) is never retried.
+// Other errors, fn's own included, are returned as they are.
+//
+// fn must confine its effects to tx, or make them idempotent: it may run
+// several times. Work that must follow the commit belongs in [OnCommit].
+func (r TxRunner) Run(ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(ctx context.Context, tx *sql.Tx) error) error {
+	attempts, base, max := r.MaxAttempts, r.Backoff, r.MaxBackoff
+	if attempts <= 0 {
+		attempts = 10
+	}
+	if base <= 0 {
+		base = 5 * time.Millisecond
+	}
+	if max <= 0 {
+		max = time.Second
+	}
+	for attempt := 1; ; attempt++ {
+		hooks, err := runOnce(ctx, db, opts, fn)
+		if err == nil {
+			for _, f := range hooks {
+				f()
+			}
+			return nil
+		}
+		if !r.retryable(err) {
+			return err
+		}
+		if attempt >= attempts {
+			return &RetryError{Attempts: attempt, Err: err}
+		}
+		if werr := sleep(ctx, backoff(attempt-1, base, max)); werr != nil {
+			return werr
+		}
+	}
+}
+
+func (r TxRunner) retryable(err error) bool {
+	if errors.Is(err, ErrRetryTx) {
+		return true
+	}
+	cl := Classify(err)
+	if cl.Scope == ScopeUnknownOutcome {
+		return false
+	}
+	return cl.Retryable || r.RetryUniqueViolation && cl.Kind == KindUniqueViolation
+}
+
+// runOnce is one attempt. It returns the OnCommit hooks of a committed
+// transaction.
+func runOnce(ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(context.Context, *sql.Tx) error) ([]func(), error) {
+	tx, err := db.BeginTx(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	hooks := &commitHooks{}
+	if err := fn(context.WithValue(ctx, commitHooksKey{}, hooks), tx); err != nil {
+		_ = tx.Rollback() // fn's error is the one that matters
+		return nil, err
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, err
+	}
+	return hooks.fns, nil
+}
+
+type commitHooksKey struct{}
+
+type commitHooks struct{ fns []func() }
+
+// OnCommit registers f to run once after the transaction of the RunTx call
+// whose ctx it is given commits, and never for an attempt that fails or is
+// retried: a job queued from f cannot run before the rows it needs are
+// visible. Hooks run in registration order, on the goroutine that called
+// RunTx. Outside RunTx, as with Django's on_commit in autocommit, f runs at
+// once.
+func OnCommit(ctx context.Context, f func()) {
+	if h, ok := ctx.Value(commitHooksKey{}).(*commitHooks); ok {
+		h.fns = append(h.fns, f)
+		return
+	}
+	f()
+}
