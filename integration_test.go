@@ -115,15 +115,18 @@ func (s server) openDriver(t testing.TB, name string, params ...string) *sql.DB 
 	return db
 }
 
+// runID keeps the tables of concurrent test processes apart.
+var runID = fmt.Sprintf("%x", os.Getpid()&0xffffff)
+
 // table creates a fresh table named after the test and drops it afterwards.
 // cols is the column list, in the server's syntax.
 func (s server) table(t testing.TB, db *sql.DB, suffix, cols string) string {
 	t.Helper()
 	name := strings.ToLower(strings.NewReplacer("/", "_", "-", "_", " ", "_", "#", "_").Replace(t.Name()))
-	if len(name) > 40 {
-		name = name[len(name)-40:]
+	if len(name) > 36 {
+		name = name[len(name)-36:]
 	}
-	name = "t_" + strings.Trim(name, "_") + suffix
+	name = "t" + runID + "_" + strings.Trim(name, "_") + suffix
 	mustExec(t, db, "DROP TABLE IF EXISTS "+name)
 	mustExec(t, db, "CREATE TABLE "+name+" ("+cols+")")
 	t.Cleanup(func() { db.Exec("DROP TABLE IF EXISTS " + name) })
