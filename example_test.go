@@ -1,0 +1,119 @@
+package sqlconflict_test
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"fmt"
+	"log/slog"
+	"time"
+
+	sqlmock "github.com/DATA-DOG/go-sqlmock"
+	"github.com/lib/pq"
+
+	"github.com/sqlconflict/sqlconflict"
+)
+
+// mockConnector gives the examples a scripted base connection instead of a
+// server.
+type mockConnector struct {
+	dsn string
+	drv driver.Driver
+}
+
+func (c mockConnector) Connect(context.Context) (driver.Conn, error) { return c.drv.Open(c.dsn) }
+func (c mockConnector) Driver() driver.Driver                        { return c.drv }
+
+func newMock(name string) (driver.Connector, sqlmock.Sqlmock) {
+	raw, mock, err := sqlmock.NewWithDSN(name, sqlmock.QueryMatcherOption(sqlmock.QueryMatcherEqual))
+	if err != nil {
+		panic(err)
+	}
+	return mockConnector{dsn: name, drv: raw.Driver()}, mock
+}
+
+// A deadlock in autocommit is retried; the Observer sees it.
+func ExampleNewConnector() {
+	base, mock := newMock("example_newconnector")
+	mock.ExpectExec("UPDATE accounts SET balance = balance - 10 WHERE id = 1").
+		WillReturnError(&pq.Error{Code: "40P01", Message: "deadlock detected"})
+	mock.ExpectExec("UPDATE accounts SET balance = balance - 10 WHERE id = 1").
+		WillReturnResult(sqlmock.NewResult(0, 1))
+
+	opts := sqlconflict.DefaultOptions()
+	opts.Dialect = sqlconflict.DialectPostgres
+	opts.Logger = slog.New(slog.DiscardHandler)
+	opts.Observer = func(o sqlconflict.Observation) {
+		fmt.Printf("%s after %s (attempt %d)\n", o.Event, o.Class.Kind, o.Attempt)
+	}
+	connector, err := sqlconflict.NewConnector(base, opts)
+	if err != nil {
+		panic(err)
+	}
+	db := sql.OpenDB(connector)
+	defer db.Close()
+
+	_, err = db.Exec("UPDATE accounts SET balance = balance - 10 WHERE id = 1")
+	fmt.Println("err:", err)
+	// Output:
+	// retry after deadlock (attempt 2)
+	// err: <nil>
+}
+
+// RunTx reruns the whole transaction after a serialization failure at
+// COMMIT; the OnCommit hook runs once, after the commit that succeeded.
+func ExampleRunTx() {
+	base, mock := newMock("example_runtx")
+	for _, fail := range []bool{true, false} {
+		mock.ExpectBegin()
+		mock.ExpectExec("INSERT INTO orders (id) VALUES ($1)").WithArgs(42).WillReturnResult(sqlmock.NewResult(0, 1))
+		if fail {
+			mock.ExpectCommit().WillReturnError(&pq.Error{Code: "40001", Message: "could not serialize access"})
+		} else {
+			mock.ExpectCommit()
+		}
+	}
+	connector, _ := sqlconflict.NewConnector(base, sqlconflict.DefaultOptions())
+	db := sql.OpenDB(connector)
+	defer db.Close()
+
+	attempts := 0
+	err := sqlconflict.TxRunner{Backoff: time.Millisecond}.Run(context.Background(), db, nil,
+		func(ctx context.Context, tx *sql.Tx) error {
+			attempts++
+			if _, err := tx.ExecContext(ctx, "INSERT INTO orders (id) VALUES ($1)", 42); err != nil {
+				return err
+			}
+			sqlconflict.OnCommit(ctx, func() { fmt.Println("order 42 committed: queue its e-mail") })
+			return nil
+		})
+	fmt.Println("attempts:", attempts, "err:", err)
+	// Output:
+	// order 42 committed: queue its e-mail
+	// attempts: 2 err: <nil>
+}
+
+// After a deadlock the transaction is doomed: the next statement does not
+// reach the server, and Commit rolls back and says why.
+func ExampleTxAbortedError_doomed() {
+	base, mock := newMock("example_doomed")
+	mock.ExpectBegin()
+	mock.ExpectExec("UPDATE stock SET n = n - 1 WHERE id = 7").
+		WillReturnError(&pq.Error{Code: "40P01", Message: "deadlock detected"})
+	mock.ExpectRollback()
+	connector, _ := sqlconflict.NewConnector(base, sqlconflict.DefaultOptions())
+	db := sql.OpenDB(connector)
+	defer db.Close()
+
+	tx, _ := db.Begin()
+	_, err := tx.Exec("UPDATE stock SET n = n - 1 WHERE id = 7")
+	fmt.Println(sqlconflict.Classify(err).Kind)
+	_, err = tx.Exec("INSERT INTO audit VALUES ('sold')") // careless: ignores the error
+	fmt.Println(err)
+	err = tx.Commit()
+	fmt.Println("commit retryable:", sqlconflict.IsRetryable(err))
+	// Output:
+	// deadlock
+	// sqlconflict: transaction aborted by an earlier error: pq: deadlock detected (40P01)
+	// commit retryable: true
+}
