@@ -1,10 +1,13 @@
 package sqlconflict
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -70,10 +73,15 @@ func (c *retryCounter) observe(o Observation) {
 // openObserved opens the wrapped driver with an Observer.
 func (s server) openObserved(t *testing.T, c *retryCounter, params ...string) *sql.DB {
 	t.Helper()
-	d := s.open(t).Driver().(*Driver)
-	d2 := *d
-	d2.opts.Observer = c.observe
-	conn, err := d2.OpenConnector(withParams(s.dsn, params...))
+	return s.openWith(t, func(o *Options) { o.Observer = c.observe }, params...)
+}
+
+// openWith opens the wrapped driver with Options no DSN can set.
+func (s server) openWith(t *testing.T, set func(*Options), params ...string) *sql.DB {
+	t.Helper()
+	d := *s.open(t).Driver().(*Driver)
+	set(&d.opts)
+	conn, err := d.OpenConnector(withParams(s.dsn, params...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -385,4 +393,68 @@ func ignoreDeadlock(t *testing.T, s server, db *sql.DB, tbl, logTbl string) (vic
 		t.Fatal("no deadlock happened")
 	}
 	return victim, results[victim].after, results[victim].commit
+}
+
+// TestIntegrationRunTxNoBlindWarning: inside RunTx with RetryUniqueViolation
+// a unique violation under REPEATABLE READ reruns the transaction with a
+// fresh snapshot, so the blind re-read warning would be noise; in a plain
+// transaction it is logged.
+func TestIntegrationRunTxNoBlindWarning(t *testing.T) {
+	eachServer(t, func(t *testing.T, s server) {
+		var logs syncBuffer
+		db := s.openWith(t, func(o *Options) { o.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
+		other := s.openRaw(t)
+		tbl := s.table(t, db, "", "k VARCHAR(32) PRIMARY KEY")
+		rr := &sql.TxOptions{Isolation: sql.LevelRepeatableRead}
+		race := func(ctx context.Context, tx *sql.Tx, key string) error {
+			var k string
+			err := tx.QueryRowContext(ctx, s.q("SELECT k FROM "+tbl+" WHERE k = $1"), key).Scan(&k)
+			if !errors.Is(err, sql.ErrNoRows) {
+				return err
+			}
+			// The competitor commits between our read and our insert.
+			if _, err := other.Exec(s.q("INSERT INTO "+tbl+" (k) VALUES ($1)"), key); err != nil && !IsUniqueViolation(err) {
+				return err
+			}
+			_, err = tx.ExecContext(ctx, s.q("INSERT INTO "+tbl+" (k) VALUES ($1)"), key)
+			return err
+		}
+		err := TxRunner{RetryUniqueViolation: true, Backoff: time.Millisecond}.Run(context.Background(), db, rr,
+			func(ctx context.Context, tx *sql.Tx) error { return race(ctx, tx, "a") })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := strings.Count(logs.String(), "level=WARN"); n != 0 {
+			t.Errorf("RunTx rerun on unique violation logged %d warnings:\n%s", n, logs.String())
+		}
+		tx, err := db.BeginTx(context.Background(), rr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback()
+		if err := race(context.Background(), tx, "b"); !IsUniqueViolation(err) {
+			t.Fatalf("want a unique violation, got %v", err)
+		}
+		if n := strings.Count(logs.String(), "level=WARN"); n != 1 {
+			t.Errorf("plain transaction: %d warnings, want 1:\n%s", n, logs.String())
+		}
+	})
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger shared by goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

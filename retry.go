@@ -26,7 +26,7 @@ func run[T any](ic *interceptor, ctx context.Context, query string, hasArgs bool
 		info.guarded = ic.guard(ctx, k, query)
 		if info.guarded {
 			if err := ic.savepoint(ctx); err != nil {
-				ic.txFailed(err, Classify(err))
+				ic.txFailed(ctx, err, Classify(err))
 				return zero, ic.wrap(err)
 			}
 		}
@@ -64,11 +64,11 @@ func (ic *interceptor) failed(ctx context.Context, err error, guarded bool, atte
 			return false, ic.wrap(err)
 		}
 		ic.event(EventSavepointRollback, cl, attempt)
-		ic.onConflict(cl)
+		ic.onConflict(ctx, cl)
 	default:
 		// Unguarded in a transaction: never retried, since on PostgreSQL the
 		// transaction is aborted and on MySQL it may be gone.
-		ic.txFailed(err, cl)
+		ic.txFailed(ctx, err, cl)
 		return false, ic.wrap(err)
 	}
 	if !canRetry || !cl.Retryable || attempt >= ic.cfg.Retries {
@@ -85,14 +85,14 @@ func (ic *interceptor) failed(ctx context.Context, err error, guarded bool, atte
 }
 
 // txFailed records an unguarded error inside a transaction.
-func (ic *interceptor) txFailed(err error, cl Class) {
+func (ic *interceptor) txFailed(ctx context.Context, err error, cl Class) {
 	if !ic.tx.active {
 		return
 	}
 	if ic.dooms(cl) {
 		ic.doom(err, cl)
 	}
-	ic.onConflict(cl)
+	ic.onConflict(ctx, cl)
 }
 
 // backoff returns the wait before retry number attempt+1: exponential growth

@@ -50,7 +50,7 @@ func (ic *interceptor) RowsNext(ctx context.Context, rows driver.Rows, dest []dr
 	}
 	err := rows.Next(dest)
 	if err != nil && err != io.EOF {
-		ic.txFailed(err, Classify(err))
+		ic.txFailed(ctx, err, Classify(err))
 		return ic.wrap(err)
 	}
 	return err

@@ -73,7 +73,7 @@ func (r TxRunner) Run(ctx context.Context, db TxBeginner, opts *sql.TxOptions, f
 		max = time.Second
 	}
 	for attempt := 1; ; attempt++ {
-		hooks, err := runOnce(ctx, db, opts, fn)
+		hooks, err := runOnce(ctx, db, opts, fn, r.RetryUniqueViolation)
 		if err == nil {
 			for _, f := range hooks {
 				f()
@@ -105,12 +105,12 @@ func (r TxRunner) retryable(err error) bool {
 
 // runOnce is one attempt. It returns the OnCommit hooks of a committed
 // transaction.
-func runOnce(ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(context.Context, *sql.Tx) error) ([]func(), error) {
+func runOnce(ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(context.Context, *sql.Tx) error, retryUnique bool) ([]func(), error) {
 	tx, err := db.BeginTx(ctx, opts)
 	if err != nil {
 		return nil, err
 	}
-	hooks := &commitHooks{}
+	hooks := &commitHooks{retryUnique: retryUnique}
 	if err := fn(context.WithValue(ctx, commitHooksKey{}, hooks), tx); err != nil {
 		_ = tx.Rollback() // fn's error is the one that matters
 		return nil, err
@@ -123,7 +123,18 @@ func runOnce(ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(co
 
 type commitHooksKey struct{}
 
-type commitHooks struct{ fns []func() }
+// commitHooks is what RunTx puts in the context of its function.
+type commitHooks struct {
+	fns         []func()
+	retryUnique bool // the transaction reruns on a unique violation
+}
+
+// rerunsOnUniqueViolation reports whether ctx is that of a RunTx function
+// that is rerun after a unique violation.
+func rerunsOnUniqueViolation(ctx context.Context) bool {
+	h, ok := ctx.Value(commitHooksKey{}).(*commitHooks)
+	return ok && h.retryUnique
+}
 
 // OnCommit registers f to run once after the transaction of the RunTx call
 // whose ctx it is given commits, and never for an attempt that fails or is

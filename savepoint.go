@@ -108,7 +108,7 @@ func (ic *interceptor) beforeTxStmt(ctx context.Context, k stmtKind) error {
 		// and our next RELEASE would release them too.
 		if ic.cfg.Dialect != DialectMySQL {
 			if err := ic.exec(ctx, sqlRelease); err != nil {
-				ic.txFailed(err, Classify(err))
+				ic.txFailed(ctx, err, Classify(err))
 				return ic.wrap(err)
 			}
 		}
@@ -132,8 +132,8 @@ func (ic *interceptor) afterStmt(k stmtKind, query string) {
 		}
 	case stmtSet:
 		ic.noteSet(query)
-	case stmtSelect:
-		ic.noteRead(query)
+	case stmtSelect, stmtWith, stmtWrite:
+		ic.noteStmt(k, query)
 	}
 }
 
@@ -185,7 +185,7 @@ func parseStmt(q string) stmtKind {
 		if w, _ = firstWord(rest); strings.EqualFold(w, "TRANSACTION") {
 			return stmtBegin
 		}
-	case strings.EqualFold(w, "SET"):
+	case strings.EqualFold(w, "SET"), strings.EqualFold(w, "RESET"):
 		return stmtSet
 	}
 	return stmtOther
