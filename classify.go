@@ -105,9 +105,10 @@ const (
 	DialectUnknown  Dialect = iota
 	DialectPostgres         // PostgreSQL and compatibles (CockroachDB, YugabyteDB)
 	DialectMySQL            // MySQL, MariaDB, TiDB
+	DialectSQLite           // SQLite (modernc.org/sqlite, and drivers with the same errors)
 )
 
-// String returns "unknown", "postgres" or "mysql".
+// String returns "unknown", "postgres", "mysql" or "sqlite".
 func (d Dialect) String() string {
 	switch d {
 	case DialectUnknown:
@@ -116,6 +117,8 @@ func (d Dialect) String() string {
 		return "postgres"
 	case DialectMySQL:
 		return "mysql"
+	case DialectSQLite:
+		return "sqlite"
 	}
 	return "Dialect(" + strconv.Itoa(int(d)) + ")"
 }
@@ -130,7 +133,7 @@ type Class struct {
 	// timeouts, and KindTxAborted whose cause is one of those.
 	Retryable  bool
 	Dialect    Dialect
-	Code       string // MySQL error number in decimal ("1062"), or the PostgreSQL SQLSTATE ("23505")
+	Code       string // MySQL error number or SQLite extended result code in decimal ("1062", "2067"), or the PostgreSQL SQLSTATE ("23505")
 	SQLState   string // 5-character SQLSTATE when known ("23000" for MySQL 1062)
 	Constraint string // constraint or key name, when the error names one
 	Table      string
@@ -162,6 +165,10 @@ var (
 		"23":    {Kind: KindIntegrityViolation, Scope: ScopeStatement},
 		"40":    {Kind: KindTransactionRollback, Scope: ScopeTransaction},
 		"08":    {Kind: KindConnectionLost, Scope: ScopeUnknownOutcome}, // connection_exception
+		// The server ended the session (restart, crash, failover).
+		"57P01": {Kind: KindConnectionLost, Scope: ScopeUnknownOutcome}, // admin_shutdown
+		"57P02": {Kind: KindConnectionLost, Scope: ScopeUnknownOutcome}, // crash_shutdown
+		"57P03": {Kind: KindConnectionLost, Scope: ScopeUnknownOutcome}, // cannot_connect_now
 	}
 
 	// mysqlCodes maps MySQL, MariaDB and TiDB error numbers. InnoDB rolls
@@ -196,6 +203,30 @@ var (
 		2013: {Kind: KindConnectionLost, Scope: ScopeUnknownOutcome, SQLState: "HY000"},                     // CR_SERVER_LOST
 	}
 
+	// sqliteCodes maps SQLite extended result codes, and primary result
+	// codes (code & 0xff) as the fallback for extended codes not listed.
+	// SQLite undoes only the failed statement on a constraint error (the
+	// default ON CONFLICT ABORT) and on SQLITE_BUSY; SQLITE_BUSY_SNAPSHOT means
+	// the transaction's snapshot is too old to write from, which only a new
+	// transaction cures. An interrupted write inside a transaction rolls the
+	// transaction back, hence ScopeTransaction for SQLITE_INTERRUPT.
+	sqliteCodes = map[int]Class{
+		2067: {Kind: KindUniqueViolation, Scope: ScopeStatement},                         // SQLITE_CONSTRAINT_UNIQUE
+		1555: {Kind: KindUniqueViolation, Scope: ScopeStatement},                         // SQLITE_CONSTRAINT_PRIMARYKEY
+		2579: {Kind: KindUniqueViolation, Scope: ScopeStatement},                         // SQLITE_CONSTRAINT_ROWID
+		787:  {Kind: KindForeignKeyViolation, Scope: ScopeStatement},                     // SQLITE_CONSTRAINT_FOREIGNKEY
+		1299: {Kind: KindNotNullViolation, Scope: ScopeStatement},                        // SQLITE_CONSTRAINT_NOTNULL
+		275:  {Kind: KindCheckViolation, Scope: ScopeStatement},                          // SQLITE_CONSTRAINT_CHECK
+		19:   {Kind: KindIntegrityViolation, Scope: ScopeStatement},                      // SQLITE_CONSTRAINT (TRIGGER, DATATYPE, ...)
+		5:    {Kind: KindLockTimeout, Scope: ScopeStatement, Retryable: true},            // SQLITE_BUSY: "database is locked"
+		261:  {Kind: KindLockTimeout, Scope: ScopeStatement, Retryable: true},            // SQLITE_BUSY_RECOVERY
+		773:  {Kind: KindLockTimeout, Scope: ScopeStatement, Retryable: true},            // SQLITE_BUSY_TIMEOUT
+		517:  {Kind: KindSerializationFailure, Scope: ScopeTransaction, Retryable: true}, // SQLITE_BUSY_SNAPSHOT
+		6:    {Kind: KindLockTimeout, Scope: ScopeStatement, Retryable: true},            // SQLITE_LOCKED: "database table is locked"
+		262:  {Kind: KindLockTimeout, Scope: ScopeStatement, Retryable: true},            // SQLITE_LOCKED_SHAREDCACHE
+		9:    {Kind: KindQueryCanceled, Scope: ScopeTransaction},                         // SQLITE_INTERRUPT
+	}
+
 	// mysqlStates is the fallback for MySQL numbers not in mysqlCodes, by
 	// SQLSTATE and then by SQLSTATE class (two characters).
 	mysqlStates = map[string]Class{
@@ -218,8 +249,10 @@ func lookupState(table map[string]Class, state string) Class {
 
 // Classify classifies err, looking through wrapped errors. It recognises
 // *pq.Error, *mysql.MySQLError, any error with a SQLState() string method
-// (pgx's *pgconn.PgError), [*TxAbortedError], and lost connections and
-// canceled contexts. It returns the zero Class for nil.
+// (pgx's *pgconn.PgError), any error with a Code() int method from a package
+// whose path contains "sqlite" (modernc.org/sqlite's *sqlite.Error),
+// [*TxAbortedError], and lost connections and canceled contexts. It returns
+// the zero Class for nil.
 func Classify(err error) Class {
 	if err == nil {
 		return Class{}
@@ -239,6 +272,9 @@ func Classify(err error) Class {
 	if e, ok := errors.AsType[sqlStater](err); ok && !isNilPointer(e) {
 		constraint, table, column := pgxFields(e)
 		return classifyPostgres(e.SQLState(), constraint, table, column)
+	}
+	if e := findSQLiteError(err); e != nil {
+		return classifySQLite(e.Code(), e.Error())
 	}
 	return classifyOther(err)
 }
@@ -279,6 +315,96 @@ func classifyMySQL(e *mysql.MySQLError) Class {
 	return c
 }
 
+// sqliteCoder is implemented by modernc.org/sqlite's *sqlite.Error, whose
+// Code returns the extended result code, so SQLite errors are recognised
+// without importing a SQLite driver.
+type sqliteCoder interface {
+	error
+	Code() int
+}
+
+// findSQLiteError returns the first error in err's tree, in the order
+// errors.As visits it, that is a sqliteCoder from a package whose path
+// contains "sqlite". The package test keeps other errors that happen to have
+// a Code() int method (HTTP client errors, say) from passing for SQLite's.
+func findSQLiteError(err error) sqliteCoder {
+	for err != nil {
+		if e, ok := err.(sqliteCoder); ok && !isNilPointer(e) && isSQLitePackage(reflect.TypeOf(e)) {
+			return e
+		}
+		switch u := err.(type) {
+		case interface{ Unwrap() error }:
+			err = u.Unwrap()
+		case interface{ Unwrap() []error }:
+			for _, e := range u.Unwrap() {
+				if s := findSQLiteError(e); s != nil {
+					return s
+				}
+			}
+			return nil
+		default:
+			return nil
+		}
+	}
+	return nil
+}
+
+// isSQLitePackage reports whether t, or the type it points to, comes from a
+// package whose import path contains "sqlite".
+func isSQLitePackage(t reflect.Type) bool {
+	for t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	return t != nil && strings.Contains(t.PkgPath(), "sqlite")
+}
+
+func classifySQLite(code int, msg string) Class {
+	c, ok := sqliteCodes[code]
+	if !ok {
+		c = sqliteCodes[code&0xff]
+	}
+	c.Dialect, c.Code = DialectSQLite, strconv.Itoa(code)
+	c.Constraint, c.Table, c.Column = parseSQLiteMessage(code, msg)
+	return c
+}
+
+// parseSQLiteMessage extracts the names SQLite puts in a constraint error's
+// message: "UNIQUE constraint failed: t.a" (t.a, t.b for a composite key),
+// "NOT NULL constraint failed: t.a", "CHECK constraint failed: chk_name".
+// modernc.org/sqlite adds a prefix and the code in parentheses:
+// "constraint failed: UNIQUE constraint failed: t.a (2067)". The names are
+// schema names, never row values. It never panics and returns only
+// substrings of msg.
+func parseSQLiteMessage(code int, msg string) (constraint, table, column string) {
+	const failed = " constraint failed: "
+	i := strings.LastIndex(msg, failed)
+	if i < 0 {
+		return "", "", ""
+	}
+	names := msg[i+len(failed):]
+	if j := strings.LastIndex(names, " ("); j >= 0 && strings.HasSuffix(names, ")") {
+		if _, err := strconv.Atoi(names[j+2 : len(names)-1]); err == nil {
+			names = names[:j] // modernc's " (2067)"
+		}
+	}
+	switch code {
+	case 2067, 1555, 1299:
+		if strings.Contains(names, ", ") {
+			// A composite key: the table is the same for every column.
+			table, _, _ = strings.Cut(names, ".")
+			return "", table, ""
+		}
+		table, column, ok := strings.Cut(names, ".")
+		if !ok {
+			return "", "", ""
+		}
+		return "", table, column
+	case 275:
+		return names, "", ""
+	}
+	return "", "", ""
+}
+
 // classifyOther recognises errors that carry no server code.
 func classifyOther(err error) Class {
 	switch {
@@ -294,15 +420,38 @@ func classifyOther(err error) Class {
 	// driver.ErrBadConn reaching us means database/sql already used up its
 	// own retries, and a wrapped driver may not honour the "nothing was
 	// sent" contract: treat the outcome as unknown.
-	case errors.Is(err, driver.ErrBadConn), errors.Is(err, io.ErrUnexpectedEOF),
+	// io.EOF: lib/pq's answer when the server closes the connection under it.
+	case errors.Is(err, ErrConnectionLost), errors.Is(err, driver.ErrBadConn),
+		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
 		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE),
-		errors.Is(err, syscall.ECONNREFUSED):
+		errors.Is(err, syscall.ECONNREFUSED), isPgxConnError(err):
 		return Class{Kind: KindConnectionLost, Scope: ScopeUnknownOutcome}
 	}
 	if _, ok := errors.AsType[net.Error](err); ok {
 		return Class{Kind: KindConnectionLost, Scope: ScopeUnknownOutcome}
 	}
 	return Class{}
+}
+
+// isPgxConnError recognises pgconn's "conn closed" (a statement on a
+// connection that died) and *pgconn.ConnectError, without importing pgx.
+func isPgxConnError(err error) bool {
+	if e, ok := errors.AsType[interface {
+		error
+		SafeToRetry() bool
+	}](err); ok && !isNilPointer(e) && e.Error() == "conn closed" {
+		return true
+	}
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		t := reflect.TypeOf(e)
+		if t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+		if t.Name() == "ConnectError" && strings.Contains(t.PkgPath(), "jackc/pgx") {
+			return true
+		}
+	}
+	return false
 }
 
 func isNilPointer(v any) bool {

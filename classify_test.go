@@ -14,6 +14,8 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 	"github.com/lib/pq"
+
+	"github.com/sqlconflict/sqlconflict/internal/sqlitefake"
 )
 
 // fakePgError stands in for pgx's *pgconn.PgError.
@@ -56,6 +58,9 @@ func TestClassifyPostgres(t *testing.T) {
 		{"40000", KindTransactionRollback, ScopeTransaction, false},
 		{"40002", KindTransactionRollback, ScopeTransaction, false},
 		{"08000", KindConnectionLost, ScopeUnknownOutcome, false},
+		{"57P01", KindConnectionLost, ScopeUnknownOutcome, false},
+		{"57P02", KindConnectionLost, ScopeUnknownOutcome, false},
+		{"57P03", KindConnectionLost, ScopeUnknownOutcome, false},
 		{"08006", KindConnectionLost, ScopeUnknownOutcome, false},
 		// Unknown: 21000 is a cardinality violation, not a duplicate key.
 		{"21000", KindUnknown, ScopeNone, false},
@@ -149,6 +154,131 @@ func TestClassifyMySQL(t *testing.T) {
 	}
 }
 
+func TestClassifySQLite(t *testing.T) {
+	tests := []struct {
+		code  int
+		kind  Kind
+		scope Scope
+		retry bool
+	}{
+		{2067, KindUniqueViolation, ScopeStatement, false},      // SQLITE_CONSTRAINT_UNIQUE
+		{1555, KindUniqueViolation, ScopeStatement, false},      // SQLITE_CONSTRAINT_PRIMARYKEY
+		{2579, KindUniqueViolation, ScopeStatement, false},      // SQLITE_CONSTRAINT_ROWID
+		{787, KindForeignKeyViolation, ScopeStatement, false},   // SQLITE_CONSTRAINT_FOREIGNKEY
+		{1299, KindNotNullViolation, ScopeStatement, false},     // SQLITE_CONSTRAINT_NOTNULL
+		{275, KindCheckViolation, ScopeStatement, false},        // SQLITE_CONSTRAINT_CHECK
+		{19, KindIntegrityViolation, ScopeStatement, false},     // SQLITE_CONSTRAINT
+		{5, KindLockTimeout, ScopeStatement, true},              // SQLITE_BUSY
+		{261, KindLockTimeout, ScopeStatement, true},            // SQLITE_BUSY_RECOVERY
+		{773, KindLockTimeout, ScopeStatement, true},            // SQLITE_BUSY_TIMEOUT
+		{517, KindSerializationFailure, ScopeTransaction, true}, // SQLITE_BUSY_SNAPSHOT
+		{6, KindLockTimeout, ScopeStatement, true},              // SQLITE_LOCKED
+		{262, KindLockTimeout, ScopeStatement, true},            // SQLITE_LOCKED_SHAREDCACHE
+		{9, KindQueryCanceled, ScopeTransaction, false},         // SQLITE_INTERRUPT
+		// Primary-code fallbacks for extended codes not listed.
+		{1811, KindIntegrityViolation, ScopeStatement, false}, // SQLITE_CONSTRAINT_TRIGGER
+		{3091, KindIntegrityViolation, ScopeStatement, false}, // SQLITE_CONSTRAINT_DATATYPE
+		{531, KindIntegrityViolation, ScopeStatement, false},  // SQLITE_CONSTRAINT_COMMITHOOK
+		{518, KindLockTimeout, ScopeStatement, true},          // SQLITE_LOCKED_VTAB
+		// Unknown.
+		{1, KindUnknown, ScopeNone, false},    // SQLITE_ERROR
+		{8, KindUnknown, ScopeNone, false},    // SQLITE_READONLY
+		{10, KindUnknown, ScopeNone, false},   // SQLITE_IOERR
+		{3338, KindUnknown, ScopeNone, false}, // SQLITE_IOERR_FSYNC
+		{13, KindUnknown, ScopeNone, false},   // SQLITE_FULL
+	}
+	for _, tt := range tests {
+		want := Class{Kind: tt.kind, Scope: tt.scope, Retryable: tt.retry, Dialect: DialectSQLite, Code: fmt.Sprint(tt.code)}
+		for name, err := range wraps(&sqlitefake.Error{Msg: "x", ExtendedCode: tt.code}) {
+			if got := Classify(err); got != want {
+				t.Errorf("%d %s: Classify = %+v, want %+v", tt.code, name, got, want)
+			}
+		}
+	}
+
+	// The names in the message, as modernc.org/sqlite words it.
+	dup := &sqlitefake.Error{Msg: "constraint failed: UNIQUE constraint failed: users.email (2067)", ExtendedCode: 2067}
+	want := Class{Kind: KindUniqueViolation, Scope: ScopeStatement, Dialect: DialectSQLite, Code: "2067", Table: "users", Column: "email"}
+	if got := Classify(fmt.Errorf("insert: %w", dup)); got != want {
+		t.Errorf("Classify = %+v, want %+v", got, want)
+	}
+	if !IsUniqueViolation(dup) || IsRetryable(dup) || !IsRetryable(&sqlitefake.Error{ExtendedCode: 5}) {
+		t.Error("IsUniqueViolation / IsRetryable on SQLite errors")
+	}
+
+	// A Code() int method alone does not make an error SQLite's: the
+	// package path must say so.
+	if got := Classify(fmt.Errorf("x: %w", &codeError{code: 5})); got != (Class{}) {
+		t.Errorf("Classify(non-SQLite Code() int error) = %+v, want zero", got)
+	}
+	// A non-SQLite coder before the SQLite error in the chain does not hide it.
+	err := fmt.Errorf("outer: %w", &codeError{code: 404, err: &sqlitefake.Error{ExtendedCode: 517}})
+	if got := Classify(err); got.Kind != KindSerializationFailure || got.Dialect != DialectSQLite {
+		t.Errorf("Classify(chain) = %+v, want the SQLite error's class", got)
+	}
+}
+
+// codeError has a Code() int method but is not a SQLite error.
+type codeError struct {
+	code int
+	err  error
+}
+
+func (e *codeError) Error() string { return "code " + fmt.Sprint(e.code) }
+func (e *codeError) Code() int     { return e.code }
+func (e *codeError) Unwrap() error { return e.err }
+
+func TestParseSQLiteMessage(t *testing.T) {
+	tests := []struct {
+		code                      int
+		msg                       string
+		constraint, table, column string
+	}{
+		// modernc.org/sqlite's wording.
+		{2067, "constraint failed: UNIQUE constraint failed: p.name (2067)", "", "p", "name"},
+		{1555, "constraint failed: UNIQUE constraint failed: p.id (1555)", "", "p", "id"},
+		{2067, "constraint failed: UNIQUE constraint failed: t.a, t.b (2067)", "", "t", ""},
+		{1299, "constraint failed: NOT NULL constraint failed: p.n (1299)", "", "p", "n"},
+		{275, "constraint failed: CHECK constraint failed: chk_pos (275)", "chk_pos", "", ""},
+		{275, "constraint failed: CHECK constraint failed: n >= 0 (275)", "n >= 0", "", ""},
+		{787, "constraint failed: FOREIGN KEY constraint failed (787)", "", "", ""},
+		// SQLite's own wording, as other drivers pass it on.
+		{2067, "UNIQUE constraint failed: p.name", "", "p", "name"},
+		{275, "CHECK constraint failed: x IN (1, 2)", "x IN (1, 2)", "", ""},
+		// Garbage and unexpected shapes yield nothing rather than a guess.
+		{2067, "", "", "", ""},
+		{2067, "UNIQUE constraint failed: noDot (2067)", "", "", ""},
+		{5, "database is locked (5) (SQLITE_BUSY)", "", "", ""},
+		{3091, "constraint failed: cannot store TEXT value in INTEGER column st.k (3091)", "", "", ""},
+		{2067, " constraint failed: ", "", "", ""},
+		{2067, " constraint failed:  ()", "", "", ""},
+	}
+	for _, tt := range tests {
+		c, tb, col := parseSQLiteMessage(tt.code, tt.msg)
+		if c != tt.constraint || tb != tt.table || col != tt.column {
+			t.Errorf("parseSQLiteMessage(%d, %q) = %q, %q, %q; want %q, %q, %q",
+				tt.code, tt.msg, c, tb, col, tt.constraint, tt.table, tt.column)
+		}
+	}
+}
+
+func FuzzParseSQLiteMessage(f *testing.F) {
+	f.Add(2067, "constraint failed: UNIQUE constraint failed: p.name (2067)")
+	f.Add(275, "constraint failed: CHECK constraint failed: chk_pos (275)")
+	f.Add(1299, "NOT NULL constraint failed: t.a, t.b")
+	f.Add(275, " constraint failed:  (")
+	f.Fuzz(func(t *testing.T, code int, msg string) {
+		for _, n := range []int{code, 2067, 1555, 1299, 275} {
+			c, tb, col := parseSQLiteMessage(n, msg)
+			for _, s := range []string{c, tb, col} {
+				if !strings.Contains(msg, s) {
+					t.Fatalf("parseSQLiteMessage(%d, %q) returned %q, not a substring", n, msg, s)
+				}
+			}
+		}
+	})
+}
+
 func TestClassifyMySQLNames(t *testing.T) {
 	me := &mysql.MySQLError{Number: 1062, SQLState: [5]byte{'2', '3', '0', '0', '0'},
 		Message: "Duplicate entry 'x' for key 'articles.title'"}
@@ -229,6 +359,12 @@ func FuzzParseMySQLMessage(f *testing.F) {
 	})
 }
 
+// fakeConnLockError is shaped like pgconn's unexported connLockError.
+type fakeConnLockError struct{}
+
+func (fakeConnLockError) Error() string     { return "conn closed" }
+func (fakeConnLockError) SafeToRetry() bool { return true }
+
 func TestClassifyOther(t *testing.T) {
 	lost := Class{Kind: KindConnectionLost, Scope: ScopeUnknownOutcome}
 	canceled := Class{Kind: KindQueryCanceled, Scope: ScopeUnknownOutcome}
@@ -249,7 +385,9 @@ func TestClassifyOther(t *testing.T) {
 		{"context.Canceled", context.Canceled, canceled},
 		{"context.DeadlineExceeded", context.DeadlineExceeded, canceled},
 		{"other", errors.New("syntax error"), Class{}},
-		{"io.EOF", io.EOF, Class{}},
+		{"io.EOF", io.EOF, lost}, // lib/pq, when the server closes the connection
+		{"LostConnError", &LostConnError{Cause: driver.ErrBadConn}, lost},
+		{"pgx conn closed", fakeConnLockError{}, lost},
 	}
 	for _, tt := range tests {
 		for name, err := range wraps(tt.err) {
@@ -267,7 +405,8 @@ func TestClassifyOther(t *testing.T) {
 	var nilMy *mysql.MySQLError
 	var nilPgx *fakePgError
 	var nilTx *TxAbortedError
-	for _, err := range []error{nilPq, nilMy, nilPgx, nilTx} {
+	var nilSQLite *sqlitefake.Error
+	for _, err := range []error{nilPq, nilMy, nilPgx, nilTx, nilSQLite} {
 		if got := Classify(errors.Join(err)); got != (Class{}) {
 			t.Errorf("Classify(%T(nil)) = %+v, want zero", err, got)
 		}
@@ -432,7 +571,8 @@ func TestStrings(t *testing.T) {
 		}
 	}
 	for d, want := range map[Dialect]string{
-		DialectUnknown: "unknown", DialectPostgres: "postgres", DialectMySQL: "mysql", Dialect(7): "Dialect(7)",
+		DialectUnknown: "unknown", DialectPostgres: "postgres", DialectMySQL: "mysql", DialectSQLite: "sqlite",
+		Dialect(7): "Dialect(7)",
 	} {
 		if got := d.String(); got != want {
 			t.Errorf("Dialect(%d).String() = %q, want %q", int(d), got, want)

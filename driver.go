@@ -14,6 +14,10 @@
 //
 // The errors an application receives are the base driver's own (*pq.Error,
 // *mysql.MySQLError) unless conflict_wrap_errors=true.
+//
+// Importing github.com/sqlconflict/sqlconflict/sqlite registers
+// "sqlconflict-sqlite" over the pure-Go modernc.org/sqlite, which this
+// package does not import.
 package sqlconflict
 
 import (
@@ -62,8 +66,23 @@ var (
 
 // Wrap returns a driver that wraps base with opts. conflict_* options in the
 // DSNs later passed to it override opts. Register it with [sql.Register].
+//
+// With opts.Dialect set, DSNs are read in that dialect's forms: PostgreSQL's
+// URL or key=value (libpq's, which lib/pq and pgx share), or
+// go-sql-driver/mysql's, or for DialectSQLite a file name or URI whose
+// parameters follow its first '?' ([DSNQuery]). Otherwise [SplitDSN]'s
+// DSNAuto guesses the form.
 func Wrap(base driver.Driver, opts Options) *Driver {
-	return &Driver{base: base, form: DSNAuto, opts: opts}
+	form := DSNAuto
+	switch opts.Dialect {
+	case DialectPostgres:
+		form = DSNPostgresKV // OpenConnector reads URLs as DSNPostgresURL
+	case DialectMySQL:
+		form = DSNMySQL
+	case DialectSQLite:
+		form = DSNQuery
+	}
+	return &Driver{base: base, form: form, opts: opts}
 }
 
 // Open implements [driver.Driver]. database/sql prefers OpenConnector.
@@ -181,8 +200,10 @@ func isPostgresURL(dsn string) bool {
 }
 
 // detectDialect guesses the SQL dialect from the base driver's package, so
-// that NewConnector works with lib/pq, pgx's stdlib, and go-sql-driver/mysql
-// without the caller saying which.
+// that NewConnector works with lib/pq, pgx's stdlib, go-sql-driver/mysql, and
+// SQLite drivers (modernc.org/sqlite, mattn/go-sqlite3: any package path
+// containing "sqlite", as [Classify] recognises SQLite errors) without the
+// caller saying which.
 func detectDialect(d driver.Driver) Dialect {
 	t := reflect.TypeOf(d)
 	for t != nil && t.Kind() == reflect.Pointer {
@@ -196,6 +217,8 @@ func detectDialect(d driver.Driver) Dialect {
 		return DialectPostgres
 	case strings.Contains(p, "go-sql-driver/mysql"):
 		return DialectMySQL
+	case strings.Contains(p, "sqlite"):
+		return DialectSQLite
 	}
 	return DialectUnknown
 }

@@ -6,6 +6,8 @@ import (
 	"database/sql/driver"
 	"strings"
 	"testing"
+
+	"github.com/sqlconflict/sqlconflict/internal/sqlitefake"
 )
 
 // openFake opens a wrapped fakeDriver.
@@ -161,6 +163,8 @@ func TestDetectDialect(t *testing.T) {
 		want Dialect
 	}{
 		{&fakeDriver{}, DialectUnknown},
+		{sqlitefake.Driver{}, DialectSQLite},  // any package path containing "sqlite"
+		{&sqlitefake.Driver{}, DialectSQLite}, // modernc.org/sqlite's is a pointer
 	} {
 		if got := detectDialect(tc.d); got != tc.want {
 			t.Errorf("detectDialect(%T) = %v, want %v", tc.d, got, tc.want)

@@ -129,3 +129,17 @@ func (e *TxAbortedError) Unwrap() []error {
 	}
 	return []error{ErrTxAborted, e.Cause}
 }
+
+// LostConnError is returned instead of driver.ErrBadConn when the connection
+// broke while a statement that may write was in flight: the statement may
+// have run. It matches [ErrConnectionLost] with errors.Is and deliberately
+// does not unwrap to driver.ErrBadConn, which would make database/sql run the
+// statement again on another connection.
+type LostConnError struct{ Cause error }
+
+func (e *LostConnError) Error() string {
+	return "sqlconflict: connection lost with the statement in flight; it may have run: " + e.Cause.Error()
+}
+
+// Is reports whether target is ErrConnectionLost.
+func (e *LostConnError) Is(target error) bool { return target == ErrConnectionLost }

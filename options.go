@@ -133,6 +133,11 @@ const (
 	// DSNMySQL is go-sql-driver/mysql's form:
 	// user:pass@tcp(host:3306)/db?parseTime=true.
 	DSNMySQL
+	// DSNQuery is a file name or URI whose parameters follow its first '?',
+	// read as net/url reads a query: the SQLite drivers' form
+	// (modernc.org/sqlite, mattn/go-sqlite3), as in
+	// file:/tmp/app.db?_pragma=busy_timeout(5000) or /tmp/app.db?_txlock=immediate.
+	DSNQuery
 )
 
 const (
@@ -152,9 +157,12 @@ const (
 // never hold the password.
 //
 // DSNAuto reads a DSN starting with postgres:// or postgresql:// (in any
-// case) as a URL; else one that holds a '/' and an '@', "tcp(" or "unix(",
-// or that starts with '/', as MySQL; else as key=value. Pass the form when a
-// key=value DSN holds both '/' and '@', as in host=/tmp user=a@b.
+// case) as a URL; one starting with file: as DSNQuery; else one that holds a
+// '/' and an '@', "tcp(" or "unix(", or that starts with '/', as MySQL; else
+// as key=value. Pass the form when a key=value DSN holds both '/' and '@', as
+// in host=/tmp user=a@b, or for a SQLite file name (DSNQuery):
+// /tmp/app.db?x=1 reads as MySQL, the same unless a '/' follows the '?' or
+// a parameter name is percent-encoded.
 func SplitDSN(dsn string, form DSNForm, base Options) (Options, string, error) {
 	r := optionReader{opts: base, seen: map[string]bool{}}
 	if form == DSNAuto {
@@ -168,6 +176,8 @@ func SplitDSN(dsn string, form DSNForm, base Options) (Options, string, error) {
 		dsn, err = r.postgresKV(dsn)
 	case DSNMySQL:
 		dsn, err = r.mysql(dsn)
+	case DSNQuery:
+		dsn, err = r.fileQuery(dsn)
 	default:
 		err = fmt.Errorf("sqlconflict: unknown DSNForm %d", int(form))
 	}
@@ -186,6 +196,8 @@ func detectDSNForm(dsn string) DSNForm {
 	switch {
 	case prefixed("postgres://") || prefixed("postgresql://"):
 		return DSNPostgresURL
+	case strings.HasPrefix(dsn, "file:"):
+		return DSNQuery
 	case strings.HasPrefix(dsn, "/") || strings.Contains(dsn, "/") &&
 		(strings.Contains(dsn, "@") || strings.Contains(dsn, "tcp(") || strings.Contains(dsn, "unix(")):
 		return DSNMySQL
@@ -212,7 +224,7 @@ func (r *optionReader) postgresURL(dsn string) (string, error) {
 	if h := strings.IndexByte(dsn[q:], '#'); h >= 0 {
 		end = q + h
 	}
-	return r.query(dsn, q, end, true)
+	return r.query(dsn, q, end, keysTrimmed)
 }
 
 // mysql splits where mysql.ParseDSN does: at the first '?' after the last
@@ -226,13 +238,33 @@ func (r *optionReader) mysql(dsn string) (string, error) {
 	if q < 0 {
 		return dsn, nil
 	}
-	return r.query(dsn, s+q, len(dsn), false)
+	return r.query(dsn, s+q, len(dsn), keysVerbatim)
 }
+
+// fileQuery splits where modernc.org/sqlite and mattn/go-sqlite3 do: at the
+// first '?', unless the name starts with it. The query runs to the end: they
+// read it whole with net/url.ParseQuery, '#' included.
+func (r *optionReader) fileQuery(dsn string) (string, error) {
+	q := strings.IndexByte(dsn, '?')
+	if q < 1 {
+		return dsn, nil
+	}
+	return r.query(dsn, q, len(dsn), keysUnescaped)
+}
+
+// keyMode says how a base driver reads the names of query parameters.
+type keyMode int
+
+const (
+	keysVerbatim  keyMode = iota // go-sql-driver/mysql
+	keysUnescaped                // net/url.ParseQuery: the SQLite drivers
+	keysTrimmed                  // unescaped, then space trimmed: lib/pq
+)
 
 // query reads the conflict_* parameters of dsn[q+1:end], where dsn[q] is the
 // '?', and returns dsn without them; the '?' goes too if no parameter is
-// left. lib/pq (through net/url) unescapes keys; mysql does not.
-func (r *optionReader) query(dsn string, q, end int, unescapeKeys bool) (string, error) {
+// left. keys says how the base driver reads parameter names.
+func (r *optionReader) query(dsn string, q, end int, keys keyMode) (string, error) {
 	// An unescaped '?' in the password starts the query early, and the '@'
 	// that ends the user info then follows it: the query may hold part of
 	// the password.
@@ -240,11 +272,14 @@ func (r *optionReader) query(dsn string, q, end int, unescapeKeys bool) (string,
 	var kept []string
 	for seg := range strings.SplitSeq(dsn[q+1:end], "&") {
 		key, val, _ := strings.Cut(seg, "=")
-		if unescapeKeys {
+		if keys != keysVerbatim {
 			if k, err := url.QueryUnescape(key); err == nil {
-				// lib/pq rewrites the query as key=value text, unquoted
-				// keys included, so space around a key vanishes.
-				key = strings.TrimFunc(k, unicode.IsSpace)
+				key = k
+				if keys == keysTrimmed {
+					// lib/pq rewrites the query as key=value text, unquoted
+					// keys included, so space around a key vanishes.
+					key = strings.TrimFunc(k, unicode.IsSpace)
+				}
 			} else if strings.HasPrefix(key, dsnOptionPrefix) {
 				return "", fmt.Errorf("sqlconflict: DSN option %s: malformed percent-encoding in its name", r.quote(key))
 			}

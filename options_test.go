@@ -69,6 +69,31 @@ func pqURLView(dsn string) (any, int, error) {
 	return pqView(dsn)
 }
 
+// queryView is how modernc.org/sqlite and mattn/go-sqlite3 read dsn: the
+// name before its first '?' and the parameters after it, through
+// url.ParseQuery, without the conflict_* parameters; n counts those.
+func queryView(dsn string) (any, int, error) {
+	name, query := dsn, ""
+	if i := strings.IndexByte(dsn, '?'); i >= 1 {
+		name, query = dsn[:i], dsn[i+1:]
+	}
+	params, err := url.ParseQuery(query)
+	if err != nil {
+		return nil, 0, err
+	}
+	n := 0
+	for k := range params {
+		if strings.HasPrefix(k, "conflict_") {
+			delete(params, k)
+			n++
+		}
+	}
+	return struct {
+		Name   string
+		Params url.Values
+	}{name, params}, n, nil
+}
+
 // compareViews checks that the base driver reads stripped as it reads dsn,
 // but for the conflict_* options, of which it must see none in stripped.
 func compareViews(view func(string) (any, int, error), dsn, stripped string) error {
@@ -104,6 +129,8 @@ func checkBaseView(t *testing.T, form sqlconflict.DSNForm, dsn, stripped string)
 		}
 	case sqlconflict.DSNMySQL:
 		view = mysqlView
+	case sqlconflict.DSNQuery:
+		view = queryView
 	}
 	if err := compareViews(view, dsn, stripped); err != nil {
 		t.Error(err)
@@ -114,6 +141,7 @@ const (
 	formURL   = sqlconflict.DSNPostgresURL
 	formKV    = sqlconflict.DSNPostgresKV
 	formMySQL = sqlconflict.DSNMySQL
+	formQuery = sqlconflict.DSNQuery
 )
 
 func TestSplitDSN(t *testing.T) {
@@ -349,6 +377,58 @@ func TestSplitDSN(t *testing.T) {
 		{name: "mysql/no slash", form: formMySQL,
 			dsn:  "alice@tcp(db)?conflict_retries=1",
 			want: "alice@tcp(db)?conflict_retries=1", baseRejects: true},
+
+		// SQLite file names and URIs (modernc.org/sqlite, mattn/go-sqlite3).
+		{name: "query/none", form: formQuery,
+			dsn:  "file:/tmp/app.db?_pragma=busy_timeout(5000)",
+			want: "file:/tmp/app.db?_pragma=busy_timeout(5000)"},
+		{name: "query/no query", form: formQuery, dsn: "/tmp/app.db", want: "/tmp/app.db"},
+		{name: "query/memory", form: formQuery, dsn: ":memory:", want: ":memory:"},
+		{name: "query/empty", form: formQuery, dsn: "", want: ""},
+		{name: "query/empty query", form: formQuery, dsn: "app.db?", want: "app.db?"},
+		{name: "query/first", form: formQuery,
+			dsn:  "file:/tmp/app.db?conflict_retries=5&_pragma=foreign_keys(1)",
+			want: "file:/tmp/app.db?_pragma=foreign_keys(1)",
+			opts: func(o *sqlconflict.Options) { o.Retries = 5 }},
+		{name: "query/middle", form: formQuery,
+			dsn:  "file:/tmp/app.db?mode=rwc&conflict_backoff=1ms&_pragma=journal_mode(WAL)",
+			want: "file:/tmp/app.db?mode=rwc&_pragma=journal_mode(WAL)",
+			opts: func(o *sqlconflict.Options) { o.Backoff = time.Millisecond }},
+		{name: "query/only", form: formQuery,
+			dsn:  "/tmp/app.db?conflict_retries=0",
+			want: "/tmp/app.db",
+			opts: func(o *sqlconflict.Options) { o.Retries = 0 }},
+		{name: "query/relative", form: formQuery,
+			dsn:  "app.db?_txlock=immediate&conflict_savepoints=writes",
+			want: "app.db?_txlock=immediate",
+			opts: func(o *sqlconflict.Options) { o.Savepoints = sqlconflict.SavepointsWrites }},
+		{name: "query/all mixed", form: formQuery,
+			dsn: "file:/tmp/app.db?conflict_retries=7&_pragma=busy_timeout(0)&conflict_backoff=1ms&" +
+				"conflict_max_backoff=2s&_pragma=journal_mode(WAL)&conflict_savepoints=writes&" +
+				"conflict_savepoint_budget=4&conflict_blind_reread=off&conflict_wrap_errors=true&_time_format=sqlite",
+			want: "file:/tmp/app.db?_pragma=busy_timeout(0)&_pragma=journal_mode(WAL)&_time_format=sqlite",
+			opts: func(o *sqlconflict.Options) {
+				*o = sqlconflict.Options{Retries: 7, Backoff: time.Millisecond, MaxBackoff: 2 * time.Second,
+					Savepoints: sqlconflict.SavepointsWrites, SavepointBudget: 4,
+					BlindReread: sqlconflict.BlindRereadOff, WrapErrors: true}
+			}},
+		{name: "query/slash after ?", form: formQuery,
+			dsn:  "/tmp/app.db?conflict_retries=2&vfs=my/vfs",
+			want: "/tmp/app.db?vfs=my/vfs",
+			opts: func(o *sqlconflict.Options) { o.Retries = 2 }},
+		{name: "query/? in the path", form: formQuery, // the drivers split at the first '?' too
+			dsn:  "/tmp/a?b/app.db?conflict_retries=1",
+			want: "/tmp/a?b/app.db?conflict_retries=1"},
+		{name: "query/escaped key and value", form: formQuery,
+			dsn:  "file:app.db?conflict%5Fbackoff=10%6Ds&cache=shared",
+			want: "file:app.db?cache=shared",
+			opts: func(o *sqlconflict.Options) { o.Backoff = 10 * time.Millisecond }},
+		{name: "query/spaced key is not an option", form: formQuery, // url.ParseQuery keeps the space
+			dsn:  "app.db?%20conflict_retries=4",
+			want: "app.db?%20conflict_retries=4"},
+		{name: "query/leading ?", form: formQuery, // a name, not a query, to the drivers
+			dsn:  "?conflict_retries=1",
+			want: "?conflict_retries=1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -384,6 +464,8 @@ func TestSplitDSNAuto(t *testing.T) {
 		want sqlconflict.DSNForm
 	}{
 		{"postgres://db/app?conflict_retries=5&sslmode=disable", formURL},
+		{"file:/tmp/app.db?conflict_retries=5&_pragma=busy_timeout(0)", formQuery},
+		{"file:app.db?mode=memory&conflict%5Fretries=5", formQuery},
 		{"PostgreSQL://alice@db/app?conflict_retries=5", formURL},
 		{"alice:pw@tcp(db:3306)/app?conflict_retries=5", formMySQL},
 		{"tcp(db)/app?conflict_retries=5", formMySQL},
@@ -414,7 +496,7 @@ func TestSplitDSNAuto(t *testing.T) {
 			t.Errorf("SplitDSN(%q, DSNAuto) = %+v, want as form %d: %+v", tt.dsn, got, tt.want, want)
 		}
 		distinct := false
-		for _, f := range []sqlconflict.DSNForm{formURL, formKV, formMySQL} {
+		for _, f := range []sqlconflict.DSNForm{formURL, formKV, formMySQL, formQuery} {
 			distinct = distinct || f != tt.want && !reflect.DeepEqual(split(tt.dsn, f), got)
 		}
 		if !distinct {
@@ -495,6 +577,18 @@ func TestSplitDSNErrors(t *testing.T) {
 		{name: "mysql/unescaped password", form: formMySQL,
 			dsn:    "alice:pa/x?conflict_retries=Zq9@tcp(db:3306)",
 			secret: "Zq9", want: []string{"conflict_retries=<hidden"}},
+		{name: "query/unknown", form: formQuery,
+			dsn:    "file:/tmp/app.db?_pragma=key('s3cr3t')&conflict_retry=1",
+			secret: "s3cr3t", want: []string{`unknown DSN option "conflict_retry"`}},
+		{name: "query/duplicate", form: formQuery,
+			dsn:    "/tmp/app.db?_pragma=key('s3cr3t')&conflict_retries=1&conflict%5Fretries=1",
+			secret: "s3cr3t", want: []string{"conflict_retries given twice"}},
+		{name: "query/malformed name", form: formQuery,
+			dsn:    "file:app.db?_pragma=key('s3cr3t')&conflict_retries%zz=1",
+			secret: "s3cr3t", want: []string{`"conflict_retries%zz": malformed percent-encoding`}},
+		{name: "query/validate", form: formQuery,
+			dsn:    "file:app.db?_pragma=key('s3cr3t')&conflict_backoff=2s",
+			secret: "s3cr3t", want: []string{"Options.MaxBackoff (conflict_max_backoff)"}},
 		{name: "bad form", form: 42, dsn: "postgres://alice:s3cr3t@db/app",
 			secret: "s3cr3t", want: []string{"unknown DSNForm 42"}},
 	}
@@ -513,6 +607,10 @@ func TestSplitDSNErrors(t *testing.T) {
 		}},
 		{formMySQL, "p?@/&conflict_retries=9", func(key, val string) string {
 			return "alice:p?@/&conflict_retries=9@tcp(db:3306)/app?parseTime=true&" + key + "=" + url.QueryEscape(val)
+		}},
+		// A SQLite DSN holds no password, but may hold an encryption key.
+		{formQuery, "k3y-s3cr3t", func(key, val string) string {
+			return "file:/tmp/app.db?_pragma=key('k3y-s3cr3t')&" + key + "=" + url.QueryEscape(val) + "&_pragma=busy_timeout(0)"
 		}},
 	}
 	bad := map[string][]string{
@@ -702,6 +800,19 @@ func FuzzSplitDSNPostgresKV(f *testing.F) {
 		if pqSyntax && err == nil || ourSyntax && !pqSyntax {
 			t.Fatalf("%q: pq says %v, SplitDSN says %v", dsn, pqErr, err)
 		}
+	})
+}
+
+func FuzzSplitDSNQuery(f *testing.F) {
+	f.Add("_pragma=busy_timeout(0)&", "conflict_retries=5", "&_pragma=journal_mode(WAL)")
+	f.Add("", "conflict%5Fbackoff=1%6Ds", "&conflict_max_backoff=2s#frag")
+	f.Add("a=%zz&", "conflict_savepoints=writes&conflict_wrap_errors=true", "&")
+	f.Add("vfs=a/b&", "conflict_blind_reread=off", "&conflict_savepoint_budget=0")
+	f.Add("", "conflict_retries=x", "")
+	f.Add("", "%20conflict_retries+=1", "")
+	f.Fuzz(func(t *testing.T, pre, opt, post string) {
+		fuzzed := pre + opt + post
+		fuzzSplit(t, sqlconflict.DSNQuery, "file:/tmp/app.db?_pragma=key('"+fuzzSecret+"')&"+fuzzed, fuzzed, queryView)
 	})
 }
 
