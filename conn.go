@@ -14,8 +14,9 @@ import (
 // the fields need no lock of their own.
 type interceptor struct {
 	sqlmw.NullInterceptor
-	cfg  *config
-	conn driver.Conn // the base connection, for the wrapper's own statements
+	cfg   *config
+	conn  driver.Conn      // the base connection, for the wrapper's own statements
+	valid driver.Validator // the base connection's, if it has one
 
 	tx txState
 	// skipsArgs: the base conn answered ErrSkip to a statement with arguments
@@ -41,6 +42,7 @@ type txState struct {
 // init runs once per new connection.
 func (ic *interceptor) init(ctx context.Context, c driver.Conn) error {
 	ic.conn = c
+	ic.valid, _ = c.(driver.Validator)
 	return ic.initIsolation(ctx)
 }
 

@@ -33,6 +33,19 @@ func (d *fakeDriver) count(call string) int {
 	return d.calls[call]
 }
 
+// sent counts how often q reached a connection.
+func (d *fakeDriver) sent(q string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := 0
+	for _, s := range d.stmts {
+		if s == q {
+			n++
+		}
+	}
+	return n
+}
+
 func (d *fakeDriver) Open(string) (driver.Conn, error) { return &fakeConn{d: d}, nil }
 
 type fakeConn struct{ d *fakeDriver }

@@ -2,6 +2,8 @@ package sqlconflict
 
 import (
 	"context"
+	"database/sql/driver"
+	"errors"
 	"math/rand/v2"
 	"time"
 )
@@ -32,6 +34,7 @@ func run[T any](ic *interceptor, ctx context.Context, query string, hasArgs bool
 		}
 	}
 	for attempt := 0; ; attempt++ {
+		alive := ic.alive()
 		v, err := call(ctx)
 		if err == nil {
 			ic.afterStmt(k, query)
@@ -42,9 +45,32 @@ func run[T any](ic *interceptor, ctx context.Context, query string, hasArgs bool
 		}
 		again, out := ic.failed(ctx, err, info.guarded, attempt, true)
 		if !again {
-			return zero, out
+			return zero, ic.inFlight(out, alive, k, query)
 		}
 	}
+}
+
+// alive reports whether the base connection considered itself usable.
+func (ic *interceptor) alive() bool {
+	return ic.valid == nil || ic.valid.IsValid()
+}
+
+// inFlight keeps database/sql from running a write twice. lib/pq and pgx
+// answer driver.ErrBadConn when a connection that was fine breaks under a
+// statement, even after the server ran it, and database/sql then runs the
+// statement again on another connection: a duplicate write, seen in
+// TestIntegrationFaultConnectionCuts. So a statement that may write, sent in
+// autocommit on a connection that was alive, fails with an unknown outcome
+// instead. Plain reads, and connections already broken before the call
+// (nothing was sent), keep database/sql's transparent retry.
+func (ic *interceptor) inFlight(err error, alive bool, k stmtKind, query string) error {
+	if !alive || ic.tx.active || !errors.Is(err, driver.ErrBadConn) {
+		return err
+	}
+	if (k == stmtSelect || k == stmtWith) && !isWrite(k, query) {
+		return err
+	}
+	return &LostConnError{Cause: err}
 }
 
 // failed applies the policy to a failed attempt: it reports whether to run the

@@ -244,3 +244,29 @@ func TestRunTx(t *testing.T) {
 		t.Error("OnCommit outside RunTx did not run")
 	}
 }
+
+// TestBadConnWriteNotResent: a base driver answering driver.ErrBadConn for a
+// write on a connection that was alive (lib/pq and pgx do, even after the
+// server ran it) must not let database/sql send the write again.
+func TestBadConnWriteNotResent(t *testing.T) {
+	for _, tc := range []struct {
+		q     string
+		sends int // how often the statement reaches a base connection
+		lost  bool
+	}{
+		{"INSERT INTO t VALUES (1)", 1, true},
+		{"UPDATE t SET x = 1", 1, true},
+		{"SELECT x FROM t FOR UPDATE", 1, true},
+		{"SELECT x FROM t", 3, false}, // a read: database/sql's own retries stay
+	} {
+		d := &fakeDriver{errs: failN(tc.q, 100, driver.ErrBadConn)}
+		db := openFake(t, d, fastOptions(DialectPostgres))
+		_, err := db.Exec(tc.q)
+		if n := d.sent(tc.q); n != tc.sends {
+			t.Errorf("%s: sent %d times, want %d", tc.q, n, tc.sends)
+		}
+		if tc.lost != errors.Is(err, ErrConnectionLost) || tc.lost == errors.Is(err, driver.ErrBadConn) {
+			t.Errorf("%s: err = %v; want ErrConnectionLost %v", tc.q, err, tc.lost)
+		}
+	}
+}
