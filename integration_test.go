@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/lib/pq"
 )
 
@@ -24,13 +25,44 @@ const (
 
 // server is one integration target.
 type server struct {
-	name   string // "postgres" or "mysql"
+	name   string // "postgres" (lib/pq), "pgx" (pgx's stdlib) or "mysql"
 	driver string // the wrapped driver's name
 	raw    string // the base driver's name
 	dsn    string
 }
 
-func (s server) pg() bool { return s.name == "postgres" }
+// pg reports a PostgreSQL server, through lib/pq or pgx.
+func (s server) pg() bool { return s.name == "postgres" || s.name == "pgx" }
+
+// driverError reports whether err is the base driver's own error type,
+// unwrapped, and names that type.
+func (s server) driverError(err error) (bool, string) {
+	switch s.name {
+	case "postgres":
+		_, ok := err.(*pq.Error)
+		return ok, "*pq.Error"
+	case "pgx":
+		_, ok := err.(*pgconn.PgError)
+		return ok, "*pgconn.PgError"
+	}
+	_, ok := err.(*mysql.MySQLError)
+	return ok, "*mysql.MySQLError"
+}
+
+// asDriverError reports whether errors.As finds the base driver's error type
+// in err.
+func (s server) asDriverError(err error) bool {
+	switch s.name {
+	case "postgres":
+		_, ok := errors.AsType[*pq.Error](err)
+		return ok
+	case "pgx":
+		_, ok := errors.AsType[*pgconn.PgError](err)
+		return ok
+	}
+	_, ok := errors.AsType[*mysql.MySQLError](err)
+	return ok
+}
 
 // ph returns the n-th (1-based) placeholder of the server's dialect.
 func (s server) ph(n int) string {
@@ -52,12 +84,14 @@ func (s server) q(query string) string {
 }
 
 // servers returns the configured integration servers, skipping the test if
-// neither is.
+// neither is. SQLCONFLICT_PG_DSN names two: PostgreSQL through lib/pq and
+// through pgx's stdlib.
 func servers(t testing.TB) []server {
 	t.Helper()
 	var out []server
 	if dsn := os.Getenv(envPG); dsn != "" {
 		out = append(out, server{"postgres", DriverPostgres, "postgres", dsn})
+		out = append(out, server{"pgx", driverPgxTest, "pgx", dsn})
 	}
 	if dsn := os.Getenv(envMySQL); dsn != "" {
 		out = append(out, server{"mysql", DriverMySQL, "mysql", dsn})
@@ -167,12 +201,8 @@ func checkClass(t *testing.T, s server, err error, kind Kind, scope Scope, const
 	if constraint != "" && cl.Constraint != constraint {
 		t.Errorf("Constraint = %q, want %q (err %v)", cl.Constraint, constraint, err)
 	}
-	if s.pg() {
-		if _, ok := err.(*pq.Error); !ok {
-			t.Errorf("error is %T, want *pq.Error unchanged", err)
-		}
-	} else if _, ok := err.(*mysql.MySQLError); !ok {
-		t.Errorf("error is %T, want *mysql.MySQLError unchanged", err)
+	if ok, want := s.driverError(err); !ok {
+		t.Errorf("error is %T, want %s unchanged", err, want)
 	}
 }
 
@@ -308,10 +338,43 @@ func TestIntegrationWrapErrors(t *testing.T) {
 		if !errors.As(err, &e) || !errors.Is(err, ErrUniqueViolation) {
 			t.Fatalf("err %T %v: want *Error matching ErrUniqueViolation", err, err)
 		}
-		var pqErr *pq.Error
-		var myErr *mysql.MySQLError
-		if s.pg() && !errors.As(err, &pqErr) || !s.pg() && !errors.As(err, &myErr) {
+		if !s.asDriverError(err) {
 			t.Errorf("errors.As to the driver's error type failed for %T", err)
+		}
+	})
+}
+
+// TestIntegrationSavepointUniqueReread: with conflict_savepoints=writes a
+// unique violation inside a transaction undoes only the failed INSERT, so
+// the re-read that get-or-create does next, and further writes, run in the
+// same transaction. The writes after the first send PostgreSQL the
+// two-statement "RELEASE SAVEPOINT ...; SAVEPOINT ..." that pgx must run
+// through its simple protocol.
+func TestIntegrationSavepointUniqueReread(t *testing.T) {
+	eachServer(t, func(t *testing.T, s server) {
+		db := s.open(t, "conflict_savepoints=writes", "conflict_retries=0")
+		tbl := s.table(t, db, "", "id INT PRIMARY KEY, name VARCHAR(20)")
+		mustExec(t, db, s.q("INSERT INTO "+tbl+" (id, name) VALUES ($1, $2)"), 1, "winner")
+		ins := s.q("INSERT INTO " + tbl + " (id, name) VALUES ($1, $2)")
+
+		tx, err := db.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback()
+		mustExec(t, tx, ins, 2, "before")
+		_, err = tx.Exec(ins, 1, "loser")
+		checkClass(t, s, err, KindUniqueViolation, ScopeStatement, "")
+		var name string
+		if err := tx.QueryRow(s.q("SELECT name FROM "+tbl+" WHERE id = $1"), 1).Scan(&name); err != nil || name != "winner" {
+			t.Fatalf("re-read after the violation: %q, %v", name, err)
+		}
+		mustExec(t, tx, ins, 3, "after")
+		if err := tx.Commit(); err != nil {
+			t.Fatalf("commit: %v", err)
+		}
+		if n := count(t, db, "SELECT COUNT(*) FROM "+tbl); n != 3 {
+			t.Errorf("rows = %d, want 3 (the first, and both writes around the undone one)", n)
 		}
 	})
 }

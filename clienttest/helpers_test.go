@@ -1,0 +1,264 @@
+package clienttest
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/lib/pq"
+	"github.com/sqlconflict/sqlconflict"
+	sqlconflictpgx "github.com/sqlconflict/sqlconflict/pgx"
+)
+
+const (
+	envPG    = "SQLCONFLICT_PG_DSN"
+	envMySQL = "SQLCONFLICT_MYSQL_DSN"
+)
+
+// target is one wrapped driver on one integration server.
+type target struct {
+	name   string // "postgres" (lib/pq), "pgx" or "mysql"
+	driver string // the sqlconflict driver name
+	dsn    string
+	env    string // the variable that named the server
+}
+
+func (tg target) pg() bool { return tg.name != "mysql" }
+
+// targets returns the configured targets, skipping the test if there are
+// none.
+func targets(t *testing.T) []target {
+	t.Helper()
+	var out []target
+	if dsn := os.Getenv(envPG); dsn != "" {
+		out = append(out,
+			target{"postgres", sqlconflict.DriverPostgres, dsn, envPG},
+			target{"pgx", sqlconflictpgx.DriverName, dsn, envPG})
+	}
+	if dsn := os.Getenv(envMySQL); dsn != "" {
+		out = append(out, target{"mysql", sqlconflict.DriverMySQL, dsn, envMySQL})
+	}
+	if len(out) == 0 {
+		t.Skipf("integration test: set %s and/or %s (see .ci/run)", envPG, envMySQL)
+	}
+	return out
+}
+
+// eachTarget runs f as a subtest per target.
+func eachTarget(t *testing.T, f func(t *testing.T, tg target)) {
+	for _, tg := range targets(t) {
+		t.Run(tg.name, func(t *testing.T) { f(t, tg) })
+	}
+}
+
+// dsnWith appends DSN query parameters.
+func (tg target) dsnWith(params ...string) string {
+	if len(params) == 0 {
+		return tg.dsn
+	}
+	sep := "?"
+	if strings.Contains(tg.dsn[strings.LastIndex(tg.dsn, "/")+1:], "?") {
+		sep = "&"
+	}
+	return tg.dsn + sep + strings.Join(params, "&")
+}
+
+// open opens the wrapped driver and fails the test if the server does not
+// answer.
+func (tg target) open(t *testing.T, params ...string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open(tg.driver, tg.dsnWith(params...))
+	if err != nil {
+		t.Fatalf("open %s: %v", tg.driver, err)
+	}
+	t.Cleanup(func() { db.Close() })
+	tg.ping(t, db)
+	return db
+}
+
+func (tg target) ping(t *testing.T, db *sql.DB) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := db.PingContext(ctx); err != nil {
+		t.Fatalf("%s server unreachable (%s is set): %v", tg.name, tg.env, err)
+	}
+}
+
+// tagTable creates a fresh get-or-create table, id and unique name, named
+// after the test, and drops it afterwards. Its unique constraint is
+// returned too.
+func (tg target) tagTable(t *testing.T, db *sql.DB) (table, constraint string) {
+	t.Helper()
+	name := strings.Map(func(r rune) rune {
+		if 'a' <= r && r <= 'z' || '0' <= r && r <= '9' {
+			return r
+		}
+		return '_'
+	}, strings.ToLower(t.Name()))
+	if len(name) > 40 {
+		name = name[len(name)-40:]
+	}
+	table = fmt.Sprintf("ct%x_%s", os.Getpid()&0xffffff, strings.Trim(name, "_"))
+	constraint = table + "_name_key"
+	cols := "id BIGSERIAL PRIMARY KEY, name VARCHAR(64) NOT NULL, CONSTRAINT " + constraint + " UNIQUE (name)"
+	if !tg.pg() {
+		constraint = "uq_name"
+		cols = "id BIGINT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(64) NOT NULL, CONSTRAINT " + constraint + " UNIQUE (name)"
+	}
+	exec(t, db, "DROP TABLE IF EXISTS "+table)
+	exec(t, db, "CREATE TABLE "+table+" ("+cols+")")
+	t.Cleanup(func() { db.Exec("DROP TABLE IF EXISTS " + table) })
+	return table, constraint
+}
+
+func exec(t *testing.T, db *sql.DB, q string, args ...any) {
+	t.Helper()
+	if _, err := db.Exec(q, args...); err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+}
+
+// rows counts a table's rows.
+func rows(t *testing.T, db *sql.DB, table string) int {
+	t.Helper()
+	var n int
+	if err := db.QueryRow("SELECT COUNT(*) FROM " + table).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// asDriverError reports whether errors.As finds the base driver's error in
+// err.
+func (tg target) asDriverError(err error) bool {
+	switch tg.name {
+	case "postgres":
+		_, ok := errors.AsType[*pq.Error](err)
+		return ok
+	case "pgx":
+		_, ok := errors.AsType[*pgconn.PgError](err)
+		return ok
+	}
+	_, ok := errors.AsType[*mysql.MySQLError](err)
+	return ok
+}
+
+// checkUnique asserts that err, as a client returned it, is still the
+// classified unique violation of constraint, holding the driver's error.
+func (tg target) checkUnique(t *testing.T, err error, constraint string) {
+	t.Helper()
+	if err == nil {
+		t.Fatal("want a unique violation, got nil")
+	}
+	if !sqlconflict.IsUniqueViolation(err) {
+		t.Errorf("IsUniqueViolation(%T %v) = false", err, err)
+	}
+	if cl := sqlconflict.Classify(err); cl.Constraint != constraint {
+		t.Errorf("Classify(%v).Constraint = %q, want %q", err, cl.Constraint, constraint)
+	}
+	if !tg.asDriverError(err) {
+		t.Errorf("errors.As to the driver's error type failed for %T %v", err, err)
+	}
+}
+
+// Get-or-create races: raceWorkers goroutines run raceOps rounds; in each
+// round they get-or-create raceKeys fresh hot keys, raceWorkers/raceKeys
+// goroutines per key.
+const (
+	raceWorkers = 16
+	raceOps     = 10
+	raceKeys    = 4
+)
+
+// runner is the TxRunner of the races: get-or-create written as
+// select-then-insert reruns its transaction on a unique violation, which the
+// rerun then reads.
+var runner = sqlconflict.TxRunner{
+	RetryUniqueViolation: true,
+	MaxAttempts:          50,
+	Backoff:              time.Millisecond,
+	MaxBackoff:           50 * time.Millisecond,
+}
+
+// race runs getOrCreate(ctx, key) for every worker and round and checks that
+// none failed, that every key was created once, and that every caller of a
+// key got the same id. getOrCreate counts its transaction attempts in
+// attempts, so that the test can show the reruns the race caused.
+func race(t *testing.T, db *sql.DB, table string, attempts *atomic.Int64, getOrCreate func(ctx context.Context, key string) (int64, error)) {
+	t.Helper()
+	warm(t, db)
+	var (
+		mu    sync.Mutex
+		errs  []error
+		ids   = map[string]map[int64]bool{}
+		wg    sync.WaitGroup
+		start = make(chan struct{})
+	)
+	for w := range raceWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			for i := range raceOps {
+				key := fmt.Sprintf("r%d_k%d", i, w%raceKeys)
+				id, err := getOrCreate(context.Background(), key)
+				mu.Lock()
+				if err != nil {
+					errs = append(errs, fmt.Errorf("worker %d round %d: %w", w, i, err))
+				} else {
+					if ids[key] == nil {
+						ids[key] = map[int64]bool{}
+					}
+					ids[key][id] = true
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	t.Logf("%d operations, %d transaction reruns", raceWorkers*raceOps, attempts.Load()-raceWorkers*raceOps)
+	for i, err := range errs {
+		if i == 5 {
+			t.Errorf("... %d failed operations in all", len(errs))
+			break
+		}
+		t.Error(err)
+	}
+	if n := rows(t, db, table); n != raceOps*raceKeys {
+		t.Errorf("rows = %d, want %d", n, raceOps*raceKeys)
+	}
+	for key, set := range ids {
+		if len(set) != 1 {
+			t.Errorf("key %s: callers got ids %v, want one", key, set)
+		}
+	}
+}
+
+// warm opens a connection per worker ahead of the race, so that the workers
+// collide instead of queueing for connections.
+func warm(t *testing.T, db *sql.DB) {
+	t.Helper()
+	db.SetMaxIdleConns(raceWorkers + 2)
+	conns := make([]*sql.Conn, raceWorkers)
+	for i := range conns {
+		c, err := db.Conn(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+}

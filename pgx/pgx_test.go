@@ -1,0 +1,204 @@
+package pgx_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/sqlconflict/sqlconflict"
+	sqlconflictpgx "github.com/sqlconflict/sqlconflict/pgx"
+)
+
+const envPG = "SQLCONFLICT_PG_DSN"
+
+func TestRegistered(t *testing.T) {
+	if !slices.Contains(sql.Drivers(), sqlconflictpgx.DriverName) {
+		t.Fatalf("%s not registered: %v", sqlconflictpgx.DriverName, sql.Drivers())
+	}
+}
+
+// TestOpenBadOption: sql.Open reads the conflict_* options of both pgx DSN
+// forms, including a key=value DSN holding '/' and '@', which SplitDSN's
+// DSNAuto would take for MySQL's form.
+func TestOpenBadOption(t *testing.T) {
+	for _, tc := range []struct{ dsn, option string }{
+		{"postgres://u:s3cretpw@localhost/db?conflict_retries=x", "conflict_retries"},
+		{"postgresql://u:s3cretpw@localhost/db?sslmode=disable&conflict_nope=1", "conflict_nope"},
+		{"host=localhost password=s3cretpw conflict_backoff=fast", "conflict_backoff"},
+		{"host=/var/run/postgresql user=a@b password=s3cretpw conflict_savepoints=all", "conflict_savepoints"},
+	} {
+		_, err := sql.Open(sqlconflictpgx.DriverName, tc.dsn)
+		switch {
+		case err == nil:
+			t.Errorf("%s: Open succeeded", tc.dsn)
+		case !strings.Contains(err.Error(), tc.option):
+			t.Errorf("%s: error %q does not name %s", tc.dsn, err, tc.option)
+		case strings.Contains(err.Error(), "s3cretpw"):
+			t.Errorf("%s: error %q shows the password", tc.dsn, err)
+		}
+	}
+}
+
+func TestOpenDBOptions(t *testing.T) {
+	config, err := pgx.ParseConfig("postgres://u@localhost/db?conflict_retries=x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sqlconflictpgx.OpenDB(*config, sqlconflict.DefaultOptions()); err == nil || !strings.Contains(err.Error(), "conflict_retries") {
+		t.Errorf("OpenDB with conflict_retries=x: %v", err)
+	}
+
+	bad := sqlconflict.DefaultOptions()
+	bad.Retries = -1
+	config, _ = pgx.ParseConfig("postgres://u@localhost/db")
+	if _, err := sqlconflictpgx.OpenDB(*config, bad); err == nil {
+		t.Error("OpenDB with Retries -1 succeeded")
+	}
+
+	config, _ = pgx.ParseConfig("postgres://u@localhost/db?conflict_retries=1&application_name=x")
+	db, err := sqlconflictpgx.OpenDB(*config, sqlconflict.DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if config.RuntimeParams["conflict_retries"] != "1" || config.RuntimeParams["application_name"] != "x" {
+		t.Errorf("OpenDB changed the caller's RuntimeParams: %v", config.RuntimeParams)
+	}
+}
+
+// pgDSN returns the integration server's DSN, skipping the test if it is
+// not set.
+func pgDSN(t *testing.T) string {
+	t.Helper()
+	dsn := os.Getenv(envPG)
+	if dsn == "" {
+		t.Skipf("integration test: set %s (see .ci/run)", envPG)
+	}
+	return dsn
+}
+
+// ping fails the test if the server does not answer.
+func ping(t *testing.T, db *sql.DB) {
+	t.Helper()
+	t.Cleanup(func() { db.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := db.PingContext(ctx); err != nil {
+		t.Fatalf("PostgreSQL unreachable (%s is set): %v", envPG, err)
+	}
+}
+
+// kvDSN rewrites a URL DSN in key=value form, adding an application_name
+// with '/' and '@'.
+func kvDSN(t *testing.T, dsn string) string {
+	t.Helper()
+	config, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv := fmt.Sprintf("host=%s port=%d user=%s dbname=%s application_name='sqlconflict@pgx/test'",
+		config.Host, config.Port, config.User, config.Database)
+	if config.Password != "" {
+		kv += fmt.Sprintf(" password='%s'", strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(config.Password))
+	}
+	if u, err := url.Parse(dsn); err == nil && u.Query().Get("sslmode") != "" {
+		kv += " sslmode=" + u.Query().Get("sslmode")
+	}
+	return kv
+}
+
+// TestIntegrationOptionsApplied opens the server every way the package
+// offers, with conflict_savepoints=writes given the way each takes options.
+// The server refuses a connection carrying a conflict_* run-time parameter,
+// and without the savepoint a unique violation would abort the transaction.
+func TestIntegrationOptionsApplied(t *testing.T) {
+	dsn := pgDSN(t)
+	sep := "?"
+	if strings.Contains(dsn, "?") {
+		sep = "&"
+	}
+	open := map[string]func(t *testing.T) *sql.DB{
+		"url": func(t *testing.T) *sql.DB {
+			db, err := sql.Open(sqlconflictpgx.DriverName, dsn+sep+"conflict_savepoints=writes")
+			if err != nil {
+				t.Fatal(err)
+			}
+			return db
+		},
+		"keyvalue": func(t *testing.T) *sql.DB {
+			db, err := sql.Open(sqlconflictpgx.DriverName, kvDSN(t, dsn)+" conflict_savepoints=writes")
+			if err != nil {
+				t.Fatal(err)
+			}
+			return db
+		},
+		"OpenDB/RuntimeParams": func(t *testing.T) *sql.DB {
+			config, err := pgx.ParseConfig(dsn + sep + "conflict_savepoints=writes")
+			if err != nil {
+				t.Fatal(err)
+			}
+			db, err := sqlconflictpgx.OpenDB(*config, sqlconflict.DefaultOptions())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return db
+		},
+		"OpenDB/Options": func(t *testing.T) *sql.DB {
+			config, err := pgx.ParseConfig(dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			opts := sqlconflict.DefaultOptions()
+			opts.Savepoints = sqlconflict.SavepointsWrites
+			db, err := sqlconflictpgx.OpenDB(*config, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return db
+		},
+	}
+	for _, name := range []string{"url", "keyvalue", "OpenDB/RuntimeParams", "OpenDB/Options"} {
+		t.Run(name, func(t *testing.T) {
+			db := open[name](t)
+			ping(t, db)
+			tbl := fmt.Sprintf("pgx_opts_%x_%s", os.Getpid(), strings.NewReplacer("/", "_").Replace(strings.ToLower(name)))
+			if _, err := db.Exec("DROP TABLE IF EXISTS " + tbl + "; CREATE TABLE " + tbl + " (id INT PRIMARY KEY)"); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { db.Exec("DROP TABLE IF EXISTS " + tbl) })
+			if _, err := db.Exec("INSERT INTO "+tbl+" VALUES ($1)", 1); err != nil {
+				t.Fatal(err)
+			}
+
+			tx, err := db.Begin()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback()
+			_, err = tx.Exec("INSERT INTO "+tbl+" VALUES ($1)", 1)
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || !sqlconflict.IsUniqueViolation(err) {
+				t.Fatalf("duplicate insert: %T %v, want a unique violation as *pgconn.PgError", err, err)
+			}
+			if cl := sqlconflict.Classify(err); cl.Constraint != tbl+"_pkey" || cl.Table != tbl {
+				t.Errorf("Classify: constraint %q, table %q", cl.Constraint, cl.Table)
+			}
+			var n int
+			if err := tx.QueryRow("SELECT COUNT(*) FROM " + tbl).Scan(&n); err != nil || n != 1 {
+				t.Fatalf("re-read after the violation: %d, %v (savepoints not applied?)", n, err)
+			}
+			if err := tx.Commit(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
