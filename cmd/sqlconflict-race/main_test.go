@@ -1,0 +1,288 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/go-sql-driver/mysql"
+	"github.com/lib/pq"
+
+	"github.com/sqlconflict/sqlconflict"
+)
+
+// Integration targets, as for the core package's tests: unset, the server's
+// subtest skips; set, an unreachable server fails it.
+const (
+	envPG    = "SQLCONFLICT_PG_DSN"
+	envMySQL = "SQLCONFLICT_MYSQL_DSN"
+)
+
+// runCmd runs the command with args and returns its exit status and output.
+func runCmd(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), args, &stdout, &stderr)
+	return code, stdout.String(), stderr.String()
+}
+
+// TestScenarios runs every scenario with small numbers on SQLite, and on
+// PostgreSQL and MariaDB/MySQL when their DSNs are set, and checks that the
+// sqlconflict runs failed no operation and left the right final state.
+func TestScenarios(t *testing.T) {
+	targets := []struct{ name, env, dsn string }{
+		{name: "sqlite"},
+		{name: "postgres", env: envPG},
+		{name: "mysql", env: envMySQL},
+	}
+	for _, tg := range targets {
+		t.Run(tg.name, func(t *testing.T) {
+			args := []string{"-workers", "4", "-ops", "10", "-keys", "2", "-json"}
+			if tg.env != "" {
+				tg.dsn = os.Getenv(tg.env)
+				if tg.dsn == "" {
+					t.Skipf("set %s to run the scenarios on this server", tg.env)
+				}
+			}
+			if tg.dsn != "" {
+				args = append(args, "-dsn", tg.dsn)
+			}
+			code, stdout, stderr := runCmd(t, args...)
+			if code == exitError {
+				t.Fatalf("exit %d (server unreachable or database error?): %s", code, stderr)
+			}
+			var rep report
+			if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+				t.Fatalf("bad JSON (%v): %s\nstderr: %s", err, stdout, stderr)
+			}
+			if len(rep.Scenarios) != len(scenarios) {
+				t.Fatalf("%d scenarios in the report, want %d", len(rep.Scenarios), len(scenarios))
+			}
+			for _, s := range rep.Scenarios {
+				for _, r := range []runResult{s.Raw, s.Wrapped} {
+					if r.Ops != 4*10 {
+						t.Errorf("%s %s: %d operations, want 40", s.Name, r.Run, r.Ops)
+					}
+				}
+				if w := s.Wrapped; w.Failed != 0 || w.Wrong != 0 {
+					t.Errorf("%s: sqlconflict run failed %d operations (%v, first: %s) and got %d wrong values (%s)",
+						s.Name, w.Failed, w.Failures, w.FirstError, w.Wrong, w.WrongDetail)
+				}
+				if s.Raw.Wrong != 0 {
+					t.Errorf("%s: raw run got %d wrong values (%s): the checks expect constraints to hold",
+						s.Name, s.Raw.Wrong, s.Raw.WrongDetail)
+				}
+				if s.Note == "" {
+					t.Errorf("%s: no note for %s", s.Name, rep.Database)
+				}
+			}
+			if !rep.OK || code != exitOK {
+				t.Errorf("ok = %v, exit %d; want true, 0", rep.OK, code)
+			}
+		})
+	}
+}
+
+// TestDemoShowsRaces: the demo as a user first runs it, on SQLite, shows
+// every race failing operations through the raw driver and none through
+// sqlconflict. Half the default operations keep it short under -race.
+func TestDemoShowsRaces(t *testing.T) {
+	code, stdout, stderr := runCmd(t, "-json", "-ops", fmt.Sprint(defaultOpsSQLite/2))
+	if code != exitOK {
+		t.Fatalf("exit %d: %s\n%s", code, stderr, stdout)
+	}
+	var rep report
+	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Database != kindSQLite || rep.Workers != 8 || rep.Keys != 4 {
+		t.Errorf("defaults: %s, %d workers, %d keys", rep.Database, rep.Workers, rep.Keys)
+	}
+	for _, s := range rep.Scenarios {
+		if s.Raw.Failed == 0 {
+			t.Errorf("%s: the raw run failed no operation", s.Name)
+		}
+		if s.Wrapped.Failed != 0 || s.Wrapped.Wrong != 0 {
+			t.Errorf("%s: sqlconflict failed %d operations (%v), %d wrong values", s.Name, s.Wrapped.Failed, s.Wrapped.Failures, s.Wrapped.Wrong)
+		}
+	}
+}
+
+// TestTable: the default output is the table and its notes, and names every
+// scenario.
+func TestTable(t *testing.T) {
+	code, stdout, stderr := runCmd(t, "-workers", "2", "-ops", "3", "-scenario", "get-or-create, deadlock-pair")
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{"sqlconflict-race: sqlite, file:", "SCENARIO", "get-or-create", "deadlock-pair",
+		"raw", "sqlconflict", "no failed operation and no wrong final value"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("output lacks %q:\n%s", want, stdout)
+		}
+	}
+	if strings.Contains(stdout, "upsert-same-key") {
+		t.Error("a scenario not asked for ran")
+	}
+	if stderr != "" {
+		t.Errorf("stderr not a terminal, yet %q", stderr)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{"-scenario", "nope"},
+		{"-workers", "0"},
+		{"-keys", "0"},
+		{"-ops", "-1"},
+		{"-bogus"},
+		{"extra"},
+		{"-dsn", "file:/tmp/x.db?conflict_retries=many"},
+	} {
+		if code, _, stderr := runCmd(t, args...); code != exitError || stderr == "" {
+			t.Errorf("%q: exit %d, stderr %q; want %d and a message", args, code, stderr, exitError)
+		}
+	}
+	if code, _, _ := runCmd(t, "-h"); code != exitOK {
+		t.Errorf("-h: exit %d", code)
+	}
+}
+
+// TestPasswordNeverPrinted: unreachable servers with a password in the DSN
+// fail the command without the password in any output.
+func TestPasswordNeverPrinted(t *testing.T) {
+	const pw = "s3cr3tPW"
+	for _, dsn := range []string{
+		"postgres://alice:" + pw + "@127.0.0.1:1/db?sslmode=disable&connect_timeout=2",
+		"postgres://alice:" + pw + "@local host/db", // a URL error quotes the URL
+		"host=127.0.0.1 port=1 user=alice password=" + pw + " dbname=db sslmode=disable connect_timeout=2",
+		"host=127.0.0.1 port=1 password='" + pw + "' sslmode=disable connect_timeout=2",
+		"alice:" + pw + "@tcp(127.0.0.1:1)/db?timeout=2s",
+		"alice:" + pw + "@tcp(127.0.0.1:1)/db?tls=nonexistent",
+	} {
+		code, stdout, stderr := runCmd(t, "-dsn", dsn, "-ops", "1")
+		if code != exitError {
+			t.Errorf("%s: exit %d, want %d", dsn, code, exitError)
+		}
+		if strings.Contains(stdout+stderr, pw) {
+			t.Errorf("the password shows:\nstdout: %s\nstderr: %s", stdout, stderr)
+		}
+		if !strings.Contains(stderr, "sqlconflict-race: ") {
+			t.Errorf("%s: no error message: %q", dsn, stderr)
+		}
+	}
+}
+
+func TestTarget(t *testing.T) {
+	for _, tc := range []struct {
+		dsn, kind, display, raw string
+	}{
+		{"postgres://alice:pw%3Fx@db:5432/app?sslmode=disable&conflict_retries=5", kindPostgres,
+			"postgres://alice:xxxxx@db:5432/app?sslmode=disable&conflict_retries=5", "postgres://alice:pw%3Fx@db:5432/app?sslmode=disable"},
+		{"PostgreSQL://db/app", kindPostgres, "PostgreSQL://db/app", "PostgreSQL://db/app"},
+		{"host=/tmp user=a@b password='p w' conflict_retries=2", kindPostgres,
+			"host=/tmp user=a@b password='xxxxx' conflict_retries=2", "host=/tmp user=a@b password='p w'"},
+		{"dbname=app", kindPostgres, "dbname=app", "dbname=app"},
+		{"root:hunter2@tcp(127.0.0.1:3306)/test?conflict_savepoints=writes", kindMySQL,
+			"root:xxxxx@tcp(127.0.0.1:3306)/test?conflict_savepoints=writes", "root:hunter2@tcp(127.0.0.1:3306)/test"},
+		{"root@unix(/run/mysqld.sock)/test", kindMySQL, "root@unix(/run/mysqld.sock)/test", "root@unix(/run/mysqld.sock)/test"},
+		{"app@/test", kindMySQL, "app@/test", "app@/test"},
+		{"file:/tmp/x.db?_pragma=busy_timeout(0)&conflict_retries=9", kindSQLite,
+			"file:/tmp/x.db?_pragma=busy_timeout(0)&conflict_retries=9", "file:/tmp/x.db?_pragma=busy_timeout(0)"},
+		{"/tmp/x.db?conflict_retries=9", kindSQLite, "/tmp/x.db?conflict_retries=9", "/tmp/x.db"},
+		{"x.db", kindSQLite, "x.db", "x.db"},
+		{":memory:", kindSQLite, ":memory:", ":memory:"},
+	} {
+		tg, err := newTarget(tc.dsn)
+		if err != nil {
+			t.Errorf("newTarget(%q): %v", tc.dsn, err)
+			continue
+		}
+		if tg.kind != tc.kind || tg.display != tc.display || tg.rawDSN != tc.raw {
+			t.Errorf("newTarget(%q) = kind %s, display %q, raw %q; want %s, %q, %q",
+				tc.dsn, tg.kind, tg.display, tg.rawDSN, tc.kind, tc.display, tc.raw)
+		}
+	}
+
+	def, err := newTarget("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if def.kind != kindSQLite || !strings.HasPrefix(def.dsn, "file:") || strings.Contains(def.rawDSN, "conflict_") {
+		t.Errorf("default target: %+v", def)
+	}
+	if _, err := os.Stat(def.tmpDir); err != nil {
+		t.Fatal(err)
+	}
+	def.close()
+	if _, err := os.Stat(def.tmpDir); !os.IsNotExist(err) {
+		t.Errorf("close left %s: %v", def.tmpDir, err)
+	}
+}
+
+func TestFailureLabel(t *testing.T) {
+	dup := &pq.Error{Code: "23505"}
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{dup, "unique violation 23505"},
+		{&mysql.MySQLError{Number: 1213}, "deadlock 1213"},
+		{fmt.Errorf("x: %w", sqlconflict.ErrRetryTx), "stale version"},
+		{&blindRereadError{name: "a", dup: dup}, "blind re-read"},
+		{&sqlconflict.RetryError{Attempts: 10, Err: &mysql.MySQLError{Number: 1213}}, "deadlock 1213 after 10 attempts"},
+		{errors.New(strings.Repeat("long message ", 10)), "other: long message long message long message long message long ..."},
+	} {
+		if got := failureLabel(tc.err); got != tc.want {
+			t.Errorf("failureLabel(%v) = %q, want %q", tc.err, got, tc.want)
+		}
+	}
+}
+
+func TestReportOK(t *testing.T) {
+	r := &report{Scenarios: []scenarioResult{{Raw: runResult{Failed: 5, Wrong: 1}}}}
+	if !r.ok() {
+		t.Error("raw failures made the report fail")
+	}
+	r.Scenarios = append(r.Scenarios, scenarioResult{Wrapped: runResult{Wrong: 1}})
+	if r.ok() {
+		t.Error("a wrong value under sqlconflict passed")
+	}
+	r.Scenarios[1] = scenarioResult{Wrapped: runResult{Failed: 1}}
+	if r.ok() {
+		t.Error("a failure under sqlconflict passed")
+	}
+	var out bytes.Buffer
+	r.OK = r.ok()
+	writeFooter(&out, r)
+	if !strings.Contains(out.String(), "sqlconflict FAILED") {
+		t.Errorf("footer: %s", out.String())
+	}
+}
+
+func TestProgress(t *testing.T) {
+	p := newProgress(nil)
+	if p.on {
+		t.Fatal("progress on without a terminal")
+	}
+	p.start("x", 10)
+	p.add(3)
+	p.finish() // no-op, no panic
+	var buf bytes.Buffer
+	p = &progress{w: &buf, on: true}
+	p.start("get-or-create (raw)", 10)
+	p.add(5)
+	p.finish()
+	if got := p.line(); !strings.Contains(got, "get-or-create (raw)") || !strings.Contains(got, "5/10") ||
+		!strings.Contains(got, strings.Repeat("#", barWidth/2)+strings.Repeat("-", barWidth/2)) {
+		t.Errorf("line = %q", got)
+	}
+	if !strings.HasSuffix(buf.String(), "\r\033[K") {
+		t.Errorf("finish did not erase the bar: %q", buf.String())
+	}
+}
