@@ -474,54 +474,42 @@ func skipAssignment(s string) string {
 // a word, a number, a quoted string with its quotes, "@@", ":=", or any
 // other single byte. Blanks and comments are skipped; "" is the end.
 func setToken(s string) (string, string) {
-	i := 0
-	for i < len(s) {
-		switch c := s[i]; {
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
-			i++
-		case c == '-' && i+1 < len(s) && s[i+1] == '-', c == '#':
-			for i < len(s) && s[i] != '\n' {
-				i++
+	s, ok := skipBlanks(s)
+	if !ok || s == "" {
+		return "", ""
+	}
+	switch c := s[0]; {
+	case isLetter(c):
+		j := 0
+		for j < len(s) && isLetter(s[j]) {
+			j++
+		}
+		return s[:j], s[j:]
+	case c == '\'' || c == '"' || c == '`':
+		j := 1
+		for j < len(s) {
+			if s[j] == '\\' && c != '`' {
+				j += 2
+				continue
 			}
-		case c == '/' && i+1 < len(s) && s[i+1] == '*':
-			end := strings.Index(s[i+2:], "*/")
-			if end < 0 {
-				return "", ""
-			}
-			i += end + 4
-		case isLetter(c):
-			j := i
-			for j < len(s) && isLetter(s[j]) {
-				j++
-			}
-			return s[i:j], s[j:]
-		case c == '\'' || c == '"' || c == '`':
-			j := i + 1
-			for j < len(s) {
-				if s[j] == '\\' && c != '`' {
+			if s[j] == c {
+				if j+1 < len(s) && s[j+1] == c { // doubled quote
 					j += 2
 					continue
 				}
-				if s[j] == c {
-					if j+1 < len(s) && s[j+1] == c { // doubled quote
-						j += 2
-						continue
-					}
-					break
-				}
-				j++
+				break
 			}
-			if j >= len(s) {
-				return s[i:], ""
-			}
-			return s[i : j+1], s[j+1:]
-		case c == '@' && i+1 < len(s) && s[i+1] == '@', c == ':' && i+1 < len(s) && s[i+1] == '=':
-			return s[i : i+2], s[i+2:]
-		default:
-			return s[i : i+1], s[i+1:]
+			j++
 		}
+		if j >= len(s) {
+			return s, ""
+		}
+		return s[:j+1], s[j+1:]
+	case c == '@' && len(s) > 1 && s[1] == '@', c == ':' && len(s) > 1 && s[1] == '=':
+		return s[:2], s[2:]
+	default:
+		return s[:1], s[1:]
 	}
-	return "", ""
 }
 
 // containsFold reports whether s contains sub (lower case ASCII), ignoring

@@ -216,30 +216,47 @@ func isLockingRead(q string) bool {
 // firstWord skips blanks, comments and opening parentheses and returns the
 // next run of letters and the text after it.
 func firstWord(q string) (string, string) {
-	i := 0
-	for i < len(q) {
-		switch c := q[i]; {
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '(':
-			i++
-		case c == '-' && i+1 < len(q) && q[i+1] == '-':
-			for i < len(q) && q[i] != '\n' {
-				i++
+	for {
+		var ok bool
+		if q, ok = skipBlanks(q); !ok || q == "" {
+			return "", ""
+		}
+		if q[0] != '(' {
+			break
+		}
+		q = q[1:]
+	}
+	j := 0
+	for j < len(q) && isLetter(q[j]) {
+		j++
+	}
+	return q[:j], q[j:]
+}
+
+// skipBlanks returns s from its first byte that is neither blank nor inside
+// a comment (--, # and /* */); false for an unterminated /* comment.
+func skipBlanks(s string) (string, bool) {
+	for len(s) > 0 {
+		switch c := s[0]; {
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
+			s = s[1:]
+		case c == '#' || c == '-' && len(s) > 1 && s[1] == '-':
+			i := strings.IndexByte(s, '\n')
+			if i < 0 {
+				return "", true
 			}
-		case c == '/' && i+1 < len(q) && q[i+1] == '*':
-			end := strings.Index(q[i+2:], "*/")
+			s = s[i:]
+		case c == '/' && len(s) > 1 && s[1] == '*':
+			end := strings.Index(s[2:], "*/")
 			if end < 0 {
-				return "", ""
+				return "", false
 			}
-			i += end + 4
+			s = s[end+4:]
 		default:
-			j := i
-			for j < len(q) && isLetter(q[j]) {
-				j++
-			}
-			return q[i:j], q[j:]
+			return s, true
 		}
 	}
-	return "", ""
+	return s, true
 }
 
 // isLetter reports identifier characters, so that words end where they do.
