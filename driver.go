@@ -27,6 +27,7 @@ import (
 	"log/slog"
 	"reflect"
 	"strings"
+	"sync/atomic"
 
 	"github.com/go-sql-driver/mysql"
 	"github.com/lib/pq"
@@ -170,6 +171,10 @@ func (c *connector) Driver() driver.Driver { return c.drv }
 // connections.
 type config struct {
 	Options
+	// isoQueryWarned: a failed session-default isolation query is logged at
+	// WARN once per connector, then at DEBUG, so that a pool on an odd server
+	// does not flood.
+	isoQueryWarned atomic.Bool
 }
 
 func (c *config) logger() *slog.Logger {

@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"strings"
-	"sync/atomic"
 )
 
 // The blind re-read (docs/isolation.md). Under REPEATABLE READ a transaction
@@ -78,10 +77,6 @@ const (
 	sqlIsolationMySQL    = "SHOW SESSION VARIABLES WHERE Variable_name IN ('transaction_isolation', 'tx_isolation')"
 )
 
-// isoQueryWarned: a failed session-default query is logged at WARN once per
-// process, then at DEBUG, so that a pool on an odd server does not flood.
-var isoQueryWarned atomic.Bool
-
 // initIsolation reads the session's default isolation level. A server that
 // answers with an error (a MySQL-compatible without the variable, say) costs
 // only the warnings on this connection; an error that lost the connection is
@@ -105,7 +100,7 @@ func (ic *interceptor) initIsolation(ctx context.Context) error {
 			return err
 		}
 		level := slog.LevelDebug
-		if isoQueryWarned.CompareAndSwap(false, true) {
+		if ic.cfg.isoQueryWarned.CompareAndSwap(false, true) {
 			level = slog.LevelWarn
 		}
 		ic.cfg.logger().Log(ctx, level, "sqlconflict: cannot read the session isolation level; blind re-read warnings on this connection need the level set by sql.TxOptions or a SET statement",
