@@ -155,16 +155,12 @@ func (ic *interceptor) ConnQueryContext(ctx context.Context, conn driver.Queryer
 	if len(args) > 0 && ic.skipsArgs {
 		return ctx, nil, driver.ErrSkip
 	}
-	return query1(ic, ctx, query, len(args) > 0, func(ctx context.Context) (driver.Rows, error) {
-		return conn.QueryContext(ctx, query, args)
-	})
+	return query1(ic, ctx, queryCall{conn: conn, query: query, args: args}, len(args) > 0)
 }
 
 // StmtQueryContext implements sqlmw.Interceptor.
 func (ic *interceptor) StmtQueryContext(ctx context.Context, stmt driver.StmtQueryContext, query string, args []driver.NamedValue) (context.Context, driver.Rows, error) {
-	return query1(ic, ctx, query, false, func(ctx context.Context) (driver.Rows, error) {
-		return stmt.QueryContext(ctx, args)
-	})
+	return query1(ic, ctx, queryCall{stmt: stmt, query: query, args: args}, false)
 }
 
 // noteSkip remembers a base connection that declines statements with

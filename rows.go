@@ -17,17 +17,36 @@ type rowsKey struct{}
 type queryState struct {
 	ic      *interceptor
 	rows    driver.Rows // the current attempt's rows; nil once closed
-	rerun   func(context.Context) (driver.Rows, error)
+	call    queryCall
+	rerun   bool // the query may still be run again
 	guarded bool
 	attempt int
 	handed  bool // a row reached the caller
 	blind   bool // a re-read that may be blind (see isolation.go)
 }
 
+// queryCall is one query on the base connection or statement, kept as a
+// value rather than a closure: a closure that might be stored for a rerun
+// would be heap-allocated on every query, followed or not.
+type queryCall struct {
+	conn  driver.QueryerContext   // set for a query on the connection
+	stmt  driver.StmtQueryContext // set for a prepared statement
+	query string
+	args  []driver.NamedValue
+}
+
+func (c queryCall) do(ctx context.Context) (driver.Rows, error) {
+	if c.stmt != nil {
+		return c.stmt.QueryContext(ctx, c.args)
+	}
+	return c.conn.QueryContext(ctx, c.query, c.args)
+}
+
 // query1 runs a query and decides whether to follow its rows.
-func query1(ic *interceptor, ctx context.Context, query string, hasArgs bool, call func(context.Context) (driver.Rows, error)) (context.Context, driver.Rows, error) {
+func query1(ic *interceptor, ctx context.Context, call queryCall, hasArgs bool) (context.Context, driver.Rows, error) {
 	var info stmtInfo
-	rows, err := run(ic, ctx, query, hasArgs, call, &info)
+	query := call.query
+	rows, err := run(ic, ctx, query, hasArgs, call.do, &info)
 	if err != nil {
 		return ctx, nil, err
 	}
@@ -36,10 +55,7 @@ func query1(ic *interceptor, ctx context.Context, query string, hasArgs bool, ca
 	if !retry && !blind {
 		return ctx, rows, nil
 	}
-	qs := &queryState{ic: ic, rows: rows, guarded: info.guarded, blind: blind}
-	if retry {
-		qs.rerun = call
-	}
+	qs := &queryState{ic: ic, rows: rows, call: call, rerun: retry, guarded: info.guarded, blind: blind}
 	return context.WithValue(ctx, rowsKey{}, qs), rows, nil
 }
 
@@ -74,10 +90,10 @@ func (qs *queryState) next(ctx context.Context, dest []driver.Value) error {
 	for {
 		var err error
 		if qs.rows == nil {
-			if qs.rerun == nil {
+			if !qs.rerun {
 				return io.EOF // closed after an error that was already returned
 			}
-			qs.rows, err = qs.rerun(ctx)
+			qs.rows, err = qs.call.do(ctx)
 		}
 		if err == nil {
 			if err = qs.rows.Next(dest); err == nil {
@@ -95,9 +111,9 @@ func (qs *queryState) next(ctx context.Context, dest []driver.Value) error {
 			_ = qs.rows.Close()
 			qs.rows = nil
 		}
-		again, out := ic.failed(ctx, err, qs.guarded, qs.attempt, !qs.handed && qs.rerun != nil)
+		again, out := ic.failed(ctx, err, qs.guarded, qs.attempt, !qs.handed && qs.rerun)
 		if !again {
-			qs.rerun = nil
+			qs.rerun = false
 			return out
 		}
 		qs.attempt++
