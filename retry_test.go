@@ -219,6 +219,27 @@ func TestRunTx(t *testing.T) {
 	if !errors.As(err, &re) || runs != 3 {
 		t.Fatalf("unique opt-in: err = %v runs = %d", err, runs)
 	}
+	// The first rerun after a unique violation does not wait (the winner
+	// has committed); a second one in a row does. With an hour of backoff,
+	// the first finishes at once and the second runs into the deadline.
+	runs = 0
+	slow := TxRunner{RetryUniqueViolation: true, Backoff: time.Hour, MaxBackoff: time.Hour}
+	err = slow.Run(ctx, db, nil, func(context.Context, *sql.Tx) error {
+		if runs++; runs == 1 {
+			return errPGUnique
+		}
+		return nil
+	})
+	if err != nil || runs != 2 {
+		t.Fatalf("unique rerun: err = %v runs = %d", err, runs)
+	}
+	runs = 0
+	dctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	err = slow.Run(dctx, db, nil, func(context.Context, *sql.Tx) error { runs++; return errPGUnique })
+	if !errors.Is(err, context.DeadlineExceeded) || runs != 2 {
+		t.Fatalf("second unique rerun: err = %v runs = %d, want the deadline after 2 runs", err, runs)
+	}
 	// ErrRetryTx asks for another attempt (an optimistic-lock miss).
 	runs = 0
 	err = RunTx(ctx, db, nil, func(context.Context, *sql.Tx) error {

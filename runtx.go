@@ -72,6 +72,7 @@ func (r TxRunner) Run(ctx context.Context, db TxBeginner, opts *sql.TxOptions, f
 	if max <= 0 {
 		max = time.Second
 	}
+	waits := 0 // attempts followed by a wait
 	for attempt := 1; ; attempt++ {
 		hooks, err := runOnce(ctx, db, opts, fn, r.RetryUniqueViolation)
 		if err == nil {
@@ -86,9 +87,17 @@ func (r TxRunner) Run(ctx context.Context, db TxBeginner, opts *sql.TxOptions, f
 		if attempt >= attempts {
 			return &RetryError{Attempts: attempt, Err: err}
 		}
-		if werr := sleep(ctx, backoff(attempt-1, base, max)); werr != nil {
+		// A unique violation is raised only once the conflicting row is
+		// committed (the server waits for its writer), so the first rerun
+		// after one goes at once: it will see the row. Anything else, or a
+		// second duplicate in a row, waits.
+		if attempt == 1 && Classify(err).Kind == KindUniqueViolation {
+			continue
+		}
+		if werr := sleep(ctx, backoff(waits, base, max)); werr != nil {
 			return werr
 		}
+		waits++
 	}
 }
 
