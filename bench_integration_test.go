@@ -67,25 +67,10 @@ func BenchmarkServerOverhead(b *testing.B) {
 						}
 						b.Run(name, func(b *testing.B) {
 							db := benchServerDB(b, s, wrapped)
-							tbl := benchTable(b, db, "id INT PRIMARY KEY, v INT NOT NULL")
-							mustExec(b, db, "INSERT INTO "+tbl+" (id, v) VALUES (1, 0)")
-							update := s.q("UPDATE " + tbl + " SET v = v + 1 WHERE id = $1")
-							sel := s.q("SELECT v FROM " + tbl + " WHERE id = $1")
-							var v int64
+							do := benchServerOp(b, ctx, s, db, op)
 							b.ReportAllocs()
 							for b.Loop() {
-								var err error
-								switch op {
-								case "exec":
-									_, err = db.ExecContext(ctx, update, 1)
-								case "exec-nomatch":
-									_, err = db.ExecContext(ctx, update, -1)
-								case "query":
-									err = db.QueryRowContext(ctx, sel, 1).Scan(&v)
-								case "tx":
-									err = benchTx(ctx, db, update, sel)
-								}
-								if err != nil {
+								if err := do(db); err != nil {
 									b.Fatal(err)
 								}
 							}
@@ -115,25 +100,10 @@ func BenchmarkServerPaired(b *testing.B) {
 			for _, op := range []string{"exec", "exec-nomatch", "query", "tx"} {
 				b.Run("op="+op, func(b *testing.B) {
 					raw, wrapped := s.openRaw(b), s.open(b)
-					tbl := benchTable(b, raw, "id INT PRIMARY KEY, v INT NOT NULL")
-					mustExec(b, raw, "INSERT INTO "+tbl+" (id, v) VALUES (1, 0)")
-					update := s.q("UPDATE " + tbl + " SET v = v + 1 WHERE id = $1")
-					sel := s.q("SELECT v FROM " + tbl + " WHERE id = $1")
+					op := benchServerOp(b, ctx, s, raw, op)
 					do := func(db *sql.DB) time.Duration {
 						start := time.Now()
-						var err error
-						var v int64
-						switch op {
-						case "exec":
-							_, err = db.ExecContext(ctx, update, 1)
-						case "exec-nomatch":
-							_, err = db.ExecContext(ctx, update, -1)
-						case "query":
-							err = db.QueryRowContext(ctx, sel, 1).Scan(&v)
-						case "tx":
-							err = benchTx(ctx, db, update, sel)
-						}
-						if err != nil {
+						if err := op(db); err != nil {
 							b.Fatal(err)
 						}
 						return time.Since(start)
@@ -158,6 +128,34 @@ func BenchmarkServerPaired(b *testing.B) {
 				})
 			}
 		})
+	}
+}
+
+// benchServerOp creates a one-row table through db and returns the
+// operation op (exec, exec-nomatch, query or tx) on it, to run through any
+// *sql.DB open on the same server.
+func benchServerOp(b *testing.B, ctx context.Context, s server, db *sql.DB, op string) func(*sql.DB) error {
+	b.Helper()
+	tbl := benchTable(b, db, "id INT PRIMARY KEY, v INT NOT NULL")
+	mustExec(b, db, "INSERT INTO "+tbl+" (id, v) VALUES (1, 0)")
+	update := s.q("UPDATE " + tbl + " SET v = v + 1 WHERE id = $1")
+	sel := s.q("SELECT v FROM " + tbl + " WHERE id = $1")
+	return func(db *sql.DB) error {
+		switch op {
+		case "exec":
+			_, err := db.ExecContext(ctx, update, 1)
+			return err
+		case "exec-nomatch":
+			_, err := db.ExecContext(ctx, update, -1)
+			return err
+		case "query":
+			var v int64
+			return db.QueryRowContext(ctx, sel, 1).Scan(&v)
+		case "tx":
+			return benchTx(ctx, db, update, sel)
+		}
+		b.Fatalf("unknown op %q", op)
+		return nil
 	}
 }
 

@@ -82,76 +82,71 @@ var benchFakeModes = []struct {
 	{"drv=wrapped", benchWrapped},
 }
 
-// BenchmarkFakeExec: one Exec without arguments in autocommit.
-func BenchmarkFakeExec(b *testing.B) {
-	ctx := context.Background()
+// benchFakeEach runs, for each of benchFakeModes, the operation that
+// prepare returns for that mode's database.
+func benchFakeEach(b *testing.B, prepare func(b *testing.B, db *sql.DB) func() error) {
 	for _, m := range benchFakeModes {
 		b.Run(m.name, func(b *testing.B) {
-			db := benchFakeDB(b, m.drv, DefaultOptions())
+			op := prepare(b, benchFakeDB(b, m.drv, DefaultOptions()))
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := db.ExecContext(ctx, "UPDATE t SET v = v + 1 WHERE id = 1"); err != nil {
+				if err := op(); err != nil {
 					b.Fatal(err)
 				}
 			}
 		})
 	}
+}
+
+// BenchmarkFakeExec: one Exec without arguments in autocommit.
+func BenchmarkFakeExec(b *testing.B) {
+	ctx := context.Background()
+	benchFakeEach(b, func(_ *testing.B, db *sql.DB) func() error {
+		return func() error {
+			_, err := db.ExecContext(ctx, "UPDATE t SET v = v + 1 WHERE id = 1")
+			return err
+		}
+	})
 }
 
 // BenchmarkFakeExecArgs: one Exec with two arguments in autocommit.
 func BenchmarkFakeExecArgs(b *testing.B) {
 	ctx := context.Background()
-	for _, m := range benchFakeModes {
-		b.Run(m.name, func(b *testing.B) {
-			db := benchFakeDB(b, m.drv, DefaultOptions())
-			b.ReportAllocs()
-			for b.Loop() {
-				if _, err := db.ExecContext(ctx, "UPDATE t SET v = $1 WHERE id = $2", 7, 1); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-	}
+	benchFakeEach(b, func(_ *testing.B, db *sql.DB) func() error {
+		return func() error {
+			_, err := db.ExecContext(ctx, "UPDATE t SET v = $1 WHERE id = $2", 7, 1)
+			return err
+		}
+	})
 }
 
 // BenchmarkFakeQuery: QueryRow + Scan of one row in autocommit.
 func BenchmarkFakeQuery(b *testing.B) {
 	ctx := context.Background()
-	for _, m := range benchFakeModes {
-		b.Run(m.name, func(b *testing.B) {
-			db := benchFakeDB(b, m.drv, DefaultOptions())
-			b.ReportAllocs()
-			var v int64
-			for b.Loop() {
-				if err := db.QueryRowContext(ctx, "SELECT v FROM t WHERE id = $1", 1).Scan(&v); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-	}
+	benchFakeEach(b, func(_ *testing.B, db *sql.DB) func() error {
+		var v int64
+		return func() error {
+			return db.QueryRowContext(ctx, "SELECT v FROM t WHERE id = $1", 1).Scan(&v)
+		}
+	})
 }
 
 // BenchmarkFakeStmtExec: Exec of a statement prepared once (the
 // StmtExecContext path).
 func BenchmarkFakeStmtExec(b *testing.B) {
 	ctx := context.Background()
-	for _, m := range benchFakeModes {
-		b.Run(m.name, func(b *testing.B) {
-			db := benchFakeDB(b, m.drv, DefaultOptions())
-			db.SetMaxOpenConns(1)
-			st, err := db.PrepareContext(ctx, "UPDATE t SET v = $1 WHERE id = $2")
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer st.Close()
-			b.ReportAllocs()
-			for b.Loop() {
-				if _, err := st.ExecContext(ctx, 7, 1); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-	}
+	benchFakeEach(b, func(b *testing.B, db *sql.DB) func() error {
+		db.SetMaxOpenConns(1)
+		st, err := db.PrepareContext(ctx, "UPDATE t SET v = $1 WHERE id = $2")
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { st.Close() })
+		return func() error {
+			_, err := st.ExecContext(ctx, 7, 1)
+			return err
+		}
+	})
 }
 
 // BenchmarkFakeTx: BEGIN; UPDATE; SELECT; COMMIT. The wrapped variants run
