@@ -88,9 +88,9 @@ func (r TxRunner) Run(ctx context.Context, db TxBeginner, opts *sql.TxOptions, f
 			return &RetryError{Attempts: attempt, Err: err}
 		}
 		// A unique violation is raised only once the conflicting row is
-		// committed (the server waits for its writer), so the first rerun
-		// after one goes at once: it will see the row. Anything else, or a
-		// second duplicate in a row, waits.
+		// committed (the server waits for its writer), so a rerun after the
+		// first attempt's duplicate goes at once: it will see the row.
+		// Every other rerun waits, a duplicate on a later attempt included.
 		if attempt == 1 && Classify(err).Kind == KindUniqueViolation {
 			continue
 		}
