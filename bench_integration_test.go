@@ -57,7 +57,7 @@ func benchServerDB(b *testing.B, s server, wrapped bool) *sql.DB {
 func BenchmarkServerOverhead(b *testing.B) {
 	ctx := context.Background()
 	for _, s := range servers(b) {
-		b.Run("db="+s.name, func(b *testing.B) {
+		b.Run("db="+s.Name, func(b *testing.B) {
 			for _, op := range []string{"exec", "exec-nomatch", "query", "tx"} {
 				b.Run("op="+op, func(b *testing.B) {
 					for _, wrapped := range []bool{false, true} {
@@ -96,7 +96,7 @@ func BenchmarkServerOverhead(b *testing.B) {
 func BenchmarkServerPaired(b *testing.B) {
 	ctx := context.Background()
 	for _, s := range servers(b) {
-		b.Run("db="+s.name, func(b *testing.B) {
+		b.Run("db="+s.Name, func(b *testing.B) {
 			for _, op := range []string{"exec", "exec-nomatch", "query", "tx"} {
 				b.Run("op="+op, func(b *testing.B) {
 					raw, wrapped := s.openRaw(b), s.open(b)
@@ -193,17 +193,17 @@ func benchTx(ctx context.Context, db *sql.DB, update, sel string) error {
 func benchBaseConnector(b *testing.B, s server) driver.Connector {
 	b.Helper()
 	form := DSNMySQL
-	if s.pg() {
+	if s.PG() {
 		form = DSNPostgresKV
-		if isPostgresURL(s.dsn) {
+		if isPostgresURL(s.DSN) {
 			form = DSNPostgresURL
 		}
 	}
-	_, dsn, err := SplitDSN(s.dsn, form, DefaultOptions())
+	_, dsn, err := SplitDSN(s.DSN, form, DefaultOptions())
 	if err != nil {
 		b.Fatal(err)
 	}
-	db, err := sql.Open(s.raw, dsn) // only to find the registered base driver
+	db, err := sql.Open(s.Raw, dsn) // only to find the registered base driver
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -232,7 +232,7 @@ func benchBaseConnector(b *testing.B, s server) driver.Connector {
 func BenchmarkServerSavepoints(b *testing.B) {
 	ctx := context.Background()
 	for _, s := range servers(b) {
-		b.Run("db="+s.name, func(b *testing.B) {
+		b.Run("db="+s.Name, func(b *testing.B) {
 			for _, end := range []string{"commit", "rollback"} {
 				b.Run("end="+end, func(b *testing.B) {
 					for _, sp := range []string{"raw", "off", "writes"} {
@@ -312,7 +312,7 @@ type benchGetOrCreate func(ctx context.Context, s server, db *sql.DB, tbl string
 func benchOptimum(ctx context.Context, s server, db *sql.DB, tbl string, key int64) (int64, int, error) {
 	for attempt := 0; attempt < 10; attempt++ {
 		var id int64
-		if s.pg() {
+		if s.PG() {
 			err := db.QueryRowContext(ctx, "INSERT INTO "+tbl+" (k) VALUES ($1) ON CONFLICT (k) DO NOTHING RETURNING id", key).Scan(&id)
 			if err == nil {
 				return id, attempt, nil
@@ -356,7 +356,7 @@ func benchRunTx(ctx context.Context, s server, db *sql.DB, tbl string, key int64
 		if !errors.Is(err, sql.ErrNoRows) {
 			return err
 		}
-		if s.pg() {
+		if s.PG() {
 			return tx.QueryRowContext(ctx, "INSERT INTO "+tbl+" (k) VALUES ($1) RETURNING id", key).Scan(&id)
 		}
 		res, err := tx.ExecContext(ctx, "INSERT INTO "+tbl+" (k) VALUES (?)", key)
@@ -382,7 +382,7 @@ func benchRunTx(ctx context.Context, s server, db *sql.DB, tbl string, key int64
 // COMMIT, ROLLBACK).
 func BenchmarkServerContention(b *testing.B) {
 	for _, s := range servers(b) {
-		b.Run("db="+s.name, func(b *testing.B) {
+		b.Run("db="+s.Name, func(b *testing.B) {
 			for _, keys := range []string{"fresh", "hot"} {
 				b.Run("keys="+keys, func(b *testing.B) {
 					for _, impl := range []struct {
@@ -427,7 +427,7 @@ func benchContention(b *testing.B, s server, keys string, wrapped bool, f benchG
 	n := &benchCounter{}
 	db := benchCountedDB(b, s, wrapped, n)
 	cols := "id SERIAL PRIMARY KEY, k BIGINT NOT NULL UNIQUE"
-	if !s.pg() {
+	if !s.PG() {
 		cols = "id BIGINT AUTO_INCREMENT PRIMARY KEY, k BIGINT NOT NULL UNIQUE"
 	}
 	tbl := benchTable(b, db, cols)

@@ -41,7 +41,7 @@ func checkLeaks(t *testing.T) {
 // lockTimeoutSQL sets a short lock wait for the session, for the statement
 // that should fail retryably.
 func (s server) lockTimeoutSQL() (string, time.Duration) {
-	if s.pg() {
+	if s.PG() {
 		return "SET lock_timeout = '100ms'", 100 * time.Millisecond
 	}
 	return "SET SESSION innodb_lock_wait_timeout = 1", time.Second // MySQL's minimum
@@ -50,7 +50,7 @@ func (s server) lockTimeoutSQL() (string, time.Duration) {
 // sessionID returns the server's id for the session of conn.
 func (s server) sessionID(ctx context.Context, conn *sql.Conn) (int64, error) {
 	q := "SELECT CONNECTION_ID()"
-	if s.pg() {
+	if s.PG() {
 		q = "SELECT pg_backend_pid()"
 	}
 	var id int64
@@ -63,7 +63,7 @@ func (s server) sessionID(ctx context.Context, conn *sql.Conn) (int64, error) {
 // direct: now() = statement_timestamp() is not reliable over the extended
 // protocol.
 func (s server) inTx(ctx context.Context, conn *sql.Conn, direct *sql.DB) (bool, error) {
-	if s.pg() {
+	if s.PG() {
 		id, err := s.sessionID(ctx, conn)
 		if err != nil {
 			return false, err
@@ -190,7 +190,7 @@ func cancelDuringBackoff(t *testing.T, s server, inTx bool) {
 	if inTx {
 		params = append(params, "conflict_savepoints=writes")
 	}
-	db := s.openObservedDSN(t, withParams(s.dsn, params...), func(o Observation) {
+	db := s.openObservedDSN(t, s.DSNWith(params...), func(o Observation) {
 		obs.observe(o)
 		if o.Event == EventRetry {
 			select {
@@ -286,7 +286,7 @@ func cancelDuringBackoff(t *testing.T, s server, inTx bool) {
 			t.Errorf("row 2 is still locked after the cancellation: %v", err)
 		}
 		t.Logf("cancel report %s backoff-%s: returned %v after the deadline (lock wait %v, backoff up to 20s); error %s; tx.Rollback after: %v; same connection %s; %d pooled connections not in a transaction; wrapper retries %d",
-			s.name, map[bool]string{false: "autocommit", true: "tx"}[inTx], late.Round(time.Microsecond), lockWait, describeCancelErr(err), rbErr, sameConn, pooled, obs.retries.Load())
+			s.Name, map[bool]string{false: "autocommit", true: "tx"}[inTx], late.Round(time.Microsecond), lockWait, describeCancelErr(err), rbErr, sameConn, pooled, obs.retries.Load())
 		return
 	}
 	t.Fatal("five backoffs in a row were shorter than the margin")
@@ -317,7 +317,7 @@ func cancelDuringLockWait(t *testing.T, s server, inTx bool) {
 	tbl := s.table(t, direct, "", "id INT PRIMARY KEY, v INT")
 	mustExec(t, direct, "INSERT INTO "+tbl+" (id, v) VALUES (1, 0), (2, 0)")
 	var obs lossCounter
-	db := s.openObservedDSN(t, s.dsn, obs.observe)
+	db := s.openObservedDSN(t, s.DSN, obs.observe)
 	db.SetMaxOpenConns(1)
 
 	bg, stop := context.WithTimeout(context.Background(), 30*time.Second)
@@ -386,7 +386,7 @@ func cancelDuringLockWait(t *testing.T, s server, inTx bool) {
 	// Does the server still run the canceled session's statement (and
 	// hold the transaction's locks) while the holder keeps its lock?
 	serverSide := "gone"
-	if s.pg() {
+	if s.PG() {
 		var state sql.NullString
 		err := direct.QueryRowContext(check, "SELECT state FROM pg_stat_activity WHERE pid = $1", sessionID).Scan(&state)
 		switch {
@@ -445,5 +445,5 @@ func cancelDuringLockWait(t *testing.T, s server, inTx bool) {
 		lockGone = gone.Round(time.Millisecond).String()
 	}
 	t.Logf("cancel report %s lockwait-%s: returned %v after the deadline; error %s; tx.Rollback after: %v; same connection %s; server side while the lock was held: %s; canceled UPDATE applied after the holder committed: %v; waiter's row 2 lock released %s after the holder's commit; %d pooled connections not in a transaction",
-		s.name, map[bool]string{false: "autocommit", true: "tx"}[inTx], late.Round(time.Microsecond), describeCancelErr(err), rbErr, sameConn, serverSide, applied, lockGone, pooled)
+		s.Name, map[bool]string{false: "autocommit", true: "tx"}[inTx], late.Round(time.Microsecond), describeCancelErr(err), rbErr, sameConn, serverSide, applied, lockGone, pooled)
 }

@@ -62,7 +62,7 @@ func TestIntegrationOptionalInterfaces(t *testing.T) {
 		db := s.open(t)
 		ctx := context.Background()
 		big := uint64(1<<63 + 5)
-		if s.pg() {
+		if s.PG() {
 			// lib/pq's checker sends a large uint64 as text and a slice as an array.
 			var got string
 			if err := db.QueryRow("SELECT $1::numeric::text", big).Scan(&got); err != nil || got != "9223372036854775813" {

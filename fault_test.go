@@ -22,6 +22,7 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 	"github.com/lib/pq"
+	"github.com/sqlconflict/sqlconflict/internal/itest"
 )
 
 // Fault injection: a TCP proxy on 127.0.0.1 between the driver and a real
@@ -327,13 +328,13 @@ func (l *proxyLink) downstream() {
 func (s server) viaProxy(t testing.TB) (target string, dsnVia func(addr string) string) {
 	t.Helper()
 	var host, port string
-	if s.pg() {
-		if !isPostgresURL(s.dsn) {
-			t.Skipf("fault tests need %s as a postgres:// URL", envPG)
+	if s.PG() {
+		if !isPostgresURL(s.DSN) {
+			t.Skipf("fault tests need %s as a postgres:// URL", itest.EnvPG)
 		}
-		u, err := url.Parse(s.dsn)
+		u, err := url.Parse(s.DSN)
 		if err != nil {
-			t.Fatalf("%s: %v", envPG, err)
+			t.Fatalf("%s: %v", itest.EnvPG, err)
 		}
 		host, port = u.Hostname(), u.Port()
 		if port == "" {
@@ -345,12 +346,12 @@ func (s server) viaProxy(t testing.TB) (target string, dsnVia func(addr string) 
 			return v.String()
 		}
 	} else {
-		cfg, err := mysql.ParseDSN(s.dsn)
+		cfg, err := mysql.ParseDSN(s.DSN)
 		if err != nil {
-			t.Fatalf("%s: %v", envMySQL, err)
+			t.Fatalf("%s: %v", itest.EnvMySQL, err)
 		}
 		if cfg.Net != "tcp" {
-			t.Skipf("fault tests need %s over tcp, not %s", envMySQL, cfg.Net)
+			t.Skipf("fault tests need %s over tcp, not %s", itest.EnvMySQL, cfg.Net)
 		}
 		h, p, err := net.SplitHostPort(cfg.Addr)
 		if err != nil {
@@ -379,7 +380,7 @@ func (s server) viaProxy(t testing.TB) (target string, dsnVia func(addr string) 
 // Options.Observer.
 func (s server) openObservedDSN(t testing.TB, dsn string, obs func(Observation)) *sql.DB {
 	t.Helper()
-	reg, err := sql.Open(s.driver, "")
+	reg, err := sql.Open(s.Driver, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -395,7 +396,7 @@ func (s server) openObservedDSN(t testing.TB, dsn string, obs func(Observation))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := db.PingContext(ctx); err != nil {
-		t.Fatalf("%s server unreachable through %s: %v", s.name, dsn, err)
+		t.Fatalf("%s server unreachable through %s: %v", s.Name, dsn, err)
 	}
 	return db
 }
@@ -499,7 +500,7 @@ func TestIntegrationFaultConnectionCuts(t *testing.T) {
 		direct := s.open(t)
 		target, dsnVia := s.viaProxy(t)
 		cols := "id BIGSERIAL PRIMARY KEY, token VARCHAR(64) NOT NULL"
-		if !s.pg() {
+		if !s.PG() {
 			cols = "id BIGINT AUTO_INCREMENT PRIMARY KEY, token VARCHAR(64) NOT NULL"
 		}
 		// No unique constraint on token: a write run twice shows as a
@@ -638,7 +639,7 @@ func TestIntegrationFaultConnectionCuts(t *testing.T) {
 		rep.wrapperRetries = obs.retries.Load()
 		rep.wrapperRetriesOnLoss = obs.lostRetries.Load()
 
-		t.Logf("fault report %s: %v", s.name, rep)
+		t.Logf("fault report %s: %v", s.Name, rep)
 		if rep.duplicates != 0 {
 			t.Errorf("%d duplicate writes, e.g. %s", rep.duplicates, rep.firstDup)
 		}

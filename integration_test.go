@@ -14,30 +14,17 @@ import (
 	"github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/lib/pq"
+	"github.com/sqlconflict/sqlconflict/internal/itest"
 )
 
-// Integration tests run against the servers named by these variables. Unset,
-// the tests skip; set, an unreachable server fails them.
-const (
-	envPG    = "SQLCONFLICT_PG_DSN"
-	envMySQL = "SQLCONFLICT_MYSQL_DSN"
-)
-
-// server is one integration target.
-type server struct {
-	name   string // "postgres" (lib/pq), "pgx" (pgx's stdlib) or "mysql"
-	driver string // the wrapped driver's name
-	raw    string // the base driver's name
-	dsn    string
-}
-
-// pg reports a PostgreSQL server, through lib/pq or pgx.
-func (s server) pg() bool { return s.name == "postgres" || s.name == "pgx" }
+// server is one integration target (see itest for the environment that
+// names them).
+type server struct{ itest.Server }
 
 // driverError reports whether err is the base driver's own error type,
 // unwrapped, and names that type.
 func (s server) driverError(err error) (bool, string) {
-	switch s.name {
+	switch s.Name {
 	case "postgres":
 		_, ok := err.(*pq.Error)
 		return ok, "*pq.Error"
@@ -49,24 +36,9 @@ func (s server) driverError(err error) (bool, string) {
 	return ok, "*mysql.MySQLError"
 }
 
-// asDriverError reports whether errors.As finds the base driver's error type
-// in err.
-func (s server) asDriverError(err error) bool {
-	switch s.name {
-	case "postgres":
-		_, ok := errors.AsType[*pq.Error](err)
-		return ok
-	case "pgx":
-		_, ok := errors.AsType[*pgconn.PgError](err)
-		return ok
-	}
-	_, ok := errors.AsType[*mysql.MySQLError](err)
-	return ok
-}
-
 // ph returns the n-th (1-based) placeholder of the server's dialect.
 func (s server) ph(n int) string {
-	if s.pg() {
+	if s.PG() {
 		return fmt.Sprintf("$%d", n)
 	}
 	return "?"
@@ -74,7 +46,7 @@ func (s server) ph(n int) string {
 
 // q rewrites $n placeholders for MySQL, so one query text serves both.
 func (s server) q(query string) string {
-	if s.pg() {
+	if s.PG() {
 		return query
 	}
 	for n := 9; n >= 1; n-- {
@@ -84,20 +56,13 @@ func (s server) q(query string) string {
 }
 
 // servers returns the configured integration servers, skipping the test if
-// neither is. SQLCONFLICT_PG_DSN names two: PostgreSQL through lib/pq and
+// none is. SQLCONFLICT_PG_DSN names two: PostgreSQL through lib/pq and
 // through pgx's stdlib.
 func servers(t testing.TB) []server {
 	t.Helper()
 	var out []server
-	if dsn := os.Getenv(envPG); dsn != "" {
-		out = append(out, server{"postgres", DriverPostgres, "postgres", dsn})
-		out = append(out, server{"pgx", driverPgxTest, "pgx", dsn})
-	}
-	if dsn := os.Getenv(envMySQL); dsn != "" {
-		out = append(out, server{"mysql", DriverMySQL, "mysql", dsn})
-	}
-	if len(out) == 0 {
-		t.Skipf("integration test: set %s and/or %s (see .ci/run)", envPG, envMySQL)
+	for _, s := range itest.Servers(t, itest.Drivers{Postgres: DriverPostgres, Pgx: driverPgxTest, MySQL: DriverMySQL}) {
+		out = append(out, server{s})
 	}
 	return out
 }
@@ -105,48 +70,21 @@ func servers(t testing.TB) []server {
 // eachServer runs f as a subtest per configured server.
 func eachServer(t *testing.T, f func(t *testing.T, s server)) {
 	for _, s := range servers(t) {
-		t.Run(s.name, func(t *testing.T) { f(t, s) })
+		t.Run(s.Name, func(t *testing.T) { f(t, s) })
 	}
-}
-
-// withParams appends DSN query parameters.
-func withParams(dsn string, params ...string) string {
-	if len(params) == 0 {
-		return dsn
-	}
-	sep := "?"
-	if strings.Contains(dsn[strings.LastIndex(dsn, "/")+1:], "?") {
-		sep = "&"
-	}
-	return dsn + sep + strings.Join(params, "&")
 }
 
 // open opens the wrapped driver with extra DSN params and fails the test if
 // the server does not answer.
 func (s server) open(t testing.TB, params ...string) *sql.DB {
 	t.Helper()
-	return s.openDriver(t, s.driver, params...)
+	return s.Open(t, s.Driver, params...)
 }
 
 // openRaw opens the base driver directly.
 func (s server) openRaw(t testing.TB, params ...string) *sql.DB {
 	t.Helper()
-	return s.openDriver(t, s.raw, params...)
-}
-
-func (s server) openDriver(t testing.TB, name string, params ...string) *sql.DB {
-	t.Helper()
-	db, err := sql.Open(name, withParams(s.dsn, params...))
-	if err != nil {
-		t.Fatalf("open %s: %v", name, err)
-	}
-	t.Cleanup(func() { db.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := db.PingContext(ctx); err != nil {
-		t.Fatalf("%s server unreachable (%s is set): %v", s.name, map[bool]string{true: envPG, false: envMySQL}[s.pg()], err)
-	}
-	return db
+	return s.Open(t, s.Raw, params...)
 }
 
 // runID keeps the tables of concurrent test processes apart.
@@ -237,7 +175,7 @@ func TestIntegrationClassifyDeadlock(t *testing.T) {
 		mustExec(t, db, "INSERT INTO "+tbl+" (id, v) VALUES (1, 0), (2, 0)")
 		err := provokeDeadlock(t, s, db, tbl)
 		scope := ScopeTransaction
-		if s.pg() {
+		if s.PG() {
 			scope = ScopeStatement // PostgreSQL aborts the transaction; a savepoint would recover it
 		}
 		checkClass(t, s, err, KindDeadlock, scope, "")
@@ -261,7 +199,7 @@ func provokeDeadlock(t *testing.T, s server, db *sql.DB, tbl string) error {
 			t.Fatal(err)
 		}
 		txs[i] = tx
-		if s.pg() {
+		if s.PG() {
 			mustExec(t, tx, "SET LOCAL deadlock_timeout = '50ms'")
 		}
 		mustExec(t, tx, s.q("UPDATE "+tbl+" SET v = v + 1 WHERE id = $1"), i+1)
@@ -313,7 +251,7 @@ func TestIntegrationClassifyLockTimeout(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer waiter.Rollback()
-		if s.pg() {
+		if s.PG() {
 			mustExec(t, waiter, "SET LOCAL lock_timeout = '100ms'")
 		} else {
 			mustExec(t, waiter, "SET SESSION innodb_lock_wait_timeout = 1")
@@ -338,7 +276,7 @@ func TestIntegrationWrapErrors(t *testing.T) {
 		if !errors.As(err, &e) || !errors.Is(err, ErrUniqueViolation) {
 			t.Fatalf("err %T %v: want *Error matching ErrUniqueViolation", err, err)
 		}
-		if !s.asDriverError(err) {
+		if !s.AsDriverError(err) {
 			t.Errorf("errors.As to the driver's error type failed for %T", err)
 		}
 	})

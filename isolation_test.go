@@ -576,7 +576,7 @@ func TestInitIsolationFailure(t *testing.T) {
 // openLogged opens the wrapped driver with a capturing logger.
 func (s server) openLogged(t testing.TB, params ...string) (*sql.DB, *logCapture) {
 	t.Helper()
-	raw, err := sql.Open(s.raw, s.dsn)
+	raw, err := sql.Open(s.Raw, s.DSN)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -585,11 +585,11 @@ func (s server) openLogged(t testing.TB, params ...string) (*sql.DB, *logCapture
 	logs := &logCapture{}
 	opts := DefaultOptions()
 	opts.Dialect = DialectMySQL
-	if s.pg() {
+	if s.PG() {
 		opts.Dialect = DialectPostgres
 	}
 	opts.Logger = slog.New(logs)
-	c, err := Wrap(base, opts).OpenConnector(withParams(s.dsn, params...))
+	c, err := Wrap(base, opts).OpenConnector(s.DSNWith(params...))
 	if err != nil {
 		t.Fatalf("open: %v", err)
 	}
@@ -598,7 +598,7 @@ func (s server) openLogged(t testing.TB, params ...string) (*sql.DB, *logCapture
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := db.PingContext(ctx); err != nil {
-		t.Fatalf("%s: ping: %v", s.name, err)
+		t.Fatalf("%s: ping: %v", s.Name, err)
 	}
 	return db, logs
 }
@@ -648,7 +648,7 @@ func mysqlIsoVar(t *testing.T, db *sql.DB) string {
 // isoParams returns the DSN parameters that set the session's level.
 func isoParams(t *testing.T, s server, raw *sql.DB, l isoLevel) []string {
 	words, dashed, _ := l.sqlWords()
-	if s.pg() {
+	if s.PG() {
 		return []string{"default_transaction_isolation=" + url.PathEscape(strings.ToLower(words))}
 	}
 	return []string{mysqlIsoVar(t, raw) + "=" + url.PathEscape("'"+dashed+"'")}
@@ -667,19 +667,19 @@ func beginIso(ctx context.Context, t *testing.T, s server, conn *sql.Conn, varNa
 	var opts *sql.TxOptions
 	switch how {
 	case howSession:
-		if s.pg() {
+		if s.PG() {
 			exec("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL " + words)
 		} else {
 			exec("SET SESSION TRANSACTION ISOLATION LEVEL " + words)
 		}
 	case howVariable:
-		if s.pg() {
+		if s.PG() {
 			exec("SET default_transaction_isolation TO '" + strings.ToLower(words) + "'")
 		} else {
 			exec("SET SESSION " + varName + " = '" + dashed + "'")
 		}
 	case howNext:
-		if !s.pg() {
+		if !s.PG() {
 			exec("SET TRANSACTION ISOLATION LEVEL " + words)
 		}
 	case howTxOptions:
@@ -689,7 +689,7 @@ func beginIso(ctx context.Context, t *testing.T, s server, conn *sql.Conn, varNa
 	if err != nil {
 		t.Fatal(err)
 	}
-	if how == howNext && s.pg() {
+	if how == howNext && s.PG() {
 		if _, err := tx.ExecContext(ctx, "SET TRANSACTION ISOLATION LEVEL "+words); err != nil {
 			t.Fatal(err)
 		}
@@ -753,7 +753,7 @@ func winnerConn(ctx context.Context, t *testing.T, s server, raw *sql.DB) *sql.C
 	}
 	t.Cleanup(func() { c.Close() })
 	q := "SET SESSION innodb_lock_wait_timeout = 0" // MySQL 8 rounds it up to 1
-	if s.pg() {
+	if s.PG() {
 		q = "SET lock_timeout = '200ms'"
 	}
 	if _, err := c.ExecContext(ctx, q); err != nil {
@@ -764,7 +764,7 @@ func winnerConn(ctx context.Context, t *testing.T, s server, raw *sql.DB) *sql.C
 
 // uniqueName is the name the servers give the UNIQUE constraint on k.
 func (s server) uniqueName(tbl string) string {
-	if s.pg() {
+	if s.PG() {
 		return tbl + "_k_key"
 	}
 	return "k"
@@ -791,7 +791,7 @@ func TestIntegrationIsolationRace(t *testing.T) {
 		raw := s.openRaw(t)
 		tbl := s.table(t, raw, "", "id INT PRIMARY KEY, k VARCHAR(100) UNIQUE")
 		varName := ""
-		if !s.pg() {
+		if !s.PG() {
 			varName = mysqlIsoVar(t, raw)
 		}
 		winner := winnerConn(ctx, t, s, raw)
@@ -825,10 +825,10 @@ func TestIntegrationIsolationRace(t *testing.T) {
 func checkRace(t *testing.T, s server, r raceResult, tbl string, l isoLevel, savepoints bool, mode BlindRereadMode) {
 	t.Helper()
 	d := DialectMySQL
-	if s.pg() {
+	if s.PG() {
 		d = DialectPostgres
 	}
-	if !s.pg() && l == isoSerializable {
+	if !s.PG() && l == isoSerializable {
 		if Classify(r.winnerErr).Kind != KindLockTimeout || r.insertErr != nil || r.rereadErr != nil || len(r.warnings) != 0 {
 			t.Fatalf("MySQL SERIALIZABLE: winner %v, insert %v, re-read %v, %d warnings; want lock timeout, nil, nil, 0",
 				r.winnerErr, r.insertErr, r.rereadErr, len(r.warnings))
@@ -841,8 +841,8 @@ func checkRace(t *testing.T, s server, r raceResult, tbl string, l isoLevel, sav
 	if !IsUniqueViolation(r.insertErr) {
 		t.Fatalf("insert: %v, want a unique violation", r.insertErr)
 	}
-	blind := l == isoRepeatableRead || s.pg() && l == isoSerializable
-	aborted := s.pg() && !savepoints // the re-read does not run
+	blind := l == isoRepeatableRead || s.PG() && l == isoSerializable
+	aborted := s.PG() && !savepoints // the re-read does not run
 	var want []string
 	switch {
 	case !blind || mode == BlindRereadOff:
@@ -912,7 +912,7 @@ func TestIntegrationBlindRereadModes(t *testing.T) {
 			}
 			r := getOrCreateRace(ctx, t, s, tx, winner, logs, tbl, "default", "")
 			l := isoRepeatableRead
-			if s.pg() {
+			if s.PG() {
 				l = isoReadCommitted
 			}
 			checkRace(t, s, r, tbl, l, true, BlindRereadWarn)
@@ -939,7 +939,7 @@ func TestIntegrationBlindRereadRemedies(t *testing.T) {
 				t.Fatal(err)
 			}
 			lock := " LOCK IN SHARE MODE"
-			if s.pg() {
+			if s.PG() {
 				lock = " FOR SHARE"
 			}
 			r := getOrCreateRace(ctx, t, s, tx, winner, logs, tbl, "lock", "SELECT id FROM "+tbl+" WHERE k = $1"+lock)
@@ -947,7 +947,7 @@ func TestIntegrationBlindRereadRemedies(t *testing.T) {
 				t.Fatalf("insert: %v", r.insertErr)
 			}
 			wantErr, want := error(nil), 1
-			if s.pg() {
+			if s.PG() {
 				wantErr, want = sql.ErrNoRows, 2 // still the transaction's snapshot (seen)
 			}
 			if r.rereadErr != wantErr || len(r.warnings) != want {
@@ -1035,7 +1035,7 @@ func TestIntegrationBlindRereadInsertFirst(t *testing.T) {
 		var id int
 		err = tx.QueryRowContext(ctx, sel, "first").Scan(&id)
 		w := logs.warnings()
-		if s.pg() {
+		if s.PG() {
 			if err != sql.ErrNoRows || len(w) != 1 {
 				t.Fatalf("re-read %v with warnings %+v, want sql.ErrNoRows and the blind re-read warning", err, w)
 			}
@@ -1051,7 +1051,7 @@ func TestIntegrationBlindRereadInsertFirst(t *testing.T) {
 // (40001), which RunTx retries, and no warning is logged.
 func TestIntegrationPostgresSerializableConflict(t *testing.T) {
 	eachServer(t, func(t *testing.T, s server) {
-		if !s.pg() {
+		if !s.PG() {
 			t.Skip("PostgreSQL only")
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -1114,7 +1114,7 @@ func TestIntegrationIsolationNoWarning(t *testing.T) {
 				t.Fatalf("warnings %+v, want none", w)
 			}
 		})
-		if s.pg() {
+		if s.PG() {
 			return
 		}
 		t.Run("set transaction is next only", func(t *testing.T) {

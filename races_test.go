@@ -81,14 +81,14 @@ func (s server) openWith(t *testing.T, set func(*Options), params ...string) *sq
 	t.Helper()
 	d := *s.open(t).Driver().(*Driver)
 	set(&d.opts)
-	conn, err := d.OpenConnector(withParams(s.dsn, params...))
+	conn, err := d.OpenConnector(s.DSNWith(params...))
 	if err != nil {
 		t.Fatal(err)
 	}
 	db := sql.OpenDB(conn)
 	t.Cleanup(func() { db.Close() })
 	if err := db.Ping(); err != nil {
-		t.Fatalf("%s unreachable: %v", s.name, err)
+		t.Fatalf("%s unreachable: %v", s.Name, err)
 	}
 	return db
 }
@@ -204,7 +204,7 @@ func TestIntegrationRaceDeadlockPairAutocommit(t *testing.T) {
 		logTbl := s.table(t, db, "_log", "w CHAR(1), id INT")
 		mustExec(t, db, "INSERT INTO "+tbl+" (id, v) VALUES (1, 0), (2, 0)")
 		stmt := func(w string, first, second int) string {
-			if s.pg() {
+			if s.PG() {
 				return fmt.Sprintf(`DO $$ BEGIN
 					SET LOCAL deadlock_timeout = '50ms';
 					UPDATE %[1]s SET v = v + 1 WHERE id = %[3]d; INSERT INTO %[2]s VALUES ('%[5]s', %[3]d);
@@ -239,12 +239,12 @@ func TestIntegrationRaceDeadlockPairAutocommit(t *testing.T) {
 				t.Errorf("statement %s applied %d rows, want exactly 2", w, n)
 			}
 		}
-		if s.pg() {
+		if s.PG() {
 			if n := count(t, db, "SELECT SUM(v) FROM "+tbl); n != 4 {
 				t.Errorf("sum = %d, want 4", n)
 			}
 		}
-		t.Logf("%s: %d retries", s.name, rc.retries.Load())
+		t.Logf("%s: %d retries", s.Name, rc.retries.Load())
 	})
 }
 
@@ -325,12 +325,12 @@ func TestIntegrationDoomedAfterDeadlock(t *testing.T) {
 					if victimRows != 0 {
 						t.Errorf("victim rows = %d, want 0: half a transaction was committed", victimRows)
 					}
-				} else if !s.pg() && (afterErr != nil || commitErr != nil || victimRows != 1) {
+				} else if !s.PG() && (afterErr != nil || commitErr != nil || victimRows != 1) {
 					// Documents the trap the guard exists for.
 					t.Errorf("raw MariaDB: stmt err %v, commit err %v, victim rows %d; expected the post-deadlock insert committed",
 						afterErr, commitErr, victimRows)
 				}
-				t.Logf("%s/%s: victim rows persisted = %d", s.name, name, victimRows)
+				t.Logf("%s/%s: victim rows persisted = %d", s.Name, name, victimRows)
 			})
 		}
 	})
@@ -351,7 +351,7 @@ func ignoreDeadlock(t *testing.T, s server, db *sql.DB, tbl, logTbl string) (vic
 			t.Fatal(err)
 		}
 		txs[w] = tx
-		if s.pg() {
+		if s.PG() {
 			mustExec(t, tx, "SET LOCAL deadlock_timeout = '50ms'")
 		}
 		mustExec(t, tx, s.q("INSERT INTO "+logTbl+" (w, step) VALUES ($1, 1)"), w)

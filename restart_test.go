@@ -46,7 +46,7 @@ func pgVersion() (string, error) {
 // serverUp reports whether the local server of s answers.
 func (s server) serverUp(ctx context.Context) bool {
 	var err error
-	if s.pg() {
+	if s.PG() {
 		_, err = runCmd(ctx, "pg_isready", "-q", "-h", "127.0.0.1", "-p", "5432")
 	} else {
 		_, err = runCmd(ctx, "mariadb-admin", "-h127.0.0.1", "-uroot", "ping")
@@ -62,7 +62,7 @@ func (s server) waitUp(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%s did not come back: %w", s.name, ctx.Err())
+			return fmt.Errorf("%s did not come back: %w", s.Name, ctx.Err())
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -73,7 +73,7 @@ func (s server) startServer(ctx context.Context) error {
 	if s.serverUp(ctx) {
 		return nil
 	}
-	if s.pg() {
+	if s.PG() {
 		v, err := pgVersion()
 		if err != nil {
 			return err
@@ -91,7 +91,7 @@ func (s server) startServer(ctx context.Context) error {
 // fast mode (active transactions are rolled back, clients get 57P01);
 // MariaDB with a shutdown, which also rolls back, and a fresh mariadbd.
 func (s server) restartServer(ctx context.Context) error {
-	if s.pg() {
+	if s.PG() {
 		v, err := pgVersion()
 		if err != nil {
 			return err
@@ -154,18 +154,18 @@ func TestIntegrationServerRestart(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), restartTimeout)
 			defer cancel()
 			if err := s.startServer(ctx); err != nil {
-				t.Errorf("bringing %s back up: %v", s.name, err)
+				t.Errorf("bringing %s back up: %v", s.Name, err)
 			}
 		})
 
 		direct := s.open(t)
 		cols := "id BIGSERIAL PRIMARY KEY, token VARCHAR(64) NOT NULL"
-		if !s.pg() {
+		if !s.PG() {
 			cols = "id BIGINT AUTO_INCREMENT PRIMARY KEY, token VARCHAR(64) NOT NULL"
 		}
 		tbl := s.table(t, direct, "", cols)
 		var obs lossCounter
-		db := s.openObservedDSN(t, s.dsn, obs.observe)
+		db := s.openObservedDSN(t, s.DSN, obs.observe)
 		db.SetMaxOpenConns(4)
 		db.SetMaxIdleConns(4)
 
@@ -308,7 +308,7 @@ func TestIntegrationServerRestart(t *testing.T) {
 		}
 		sort.Strings(kinds)
 		t.Logf("restart report %s: restart took %v; first write acknowledged %v after the server answered again; writes=%d acked=%d unknown-outcome=%d (found applied %d) failed-before-commit=%d rows=%d duplicates=%d wrapper-retries=%d on-conn-loss=%d runtx-reruns=%d failed-after-recovery=%d errors={%s}",
-			s.name, upAt.Sub(restartAt).Round(time.Millisecond), recoveredAt.Sub(upAt).Round(time.Millisecond), len(records), acked, unknown, unknownApplied, notApplied, total, dups,
+			s.Name, upAt.Sub(restartAt).Round(time.Millisecond), recoveredAt.Sub(upAt).Round(time.Millisecond), len(records), acked, unknown, unknownApplied, notApplied, total, dups,
 			obs.retries.Load(), obs.lostRetries.Load(), reruns, failedAfter, strings.Join(kinds, "; "))
 	})
 }

@@ -32,7 +32,7 @@ func TestIntegrationSavepointGetOrCreate(t *testing.T) {
 				var v int
 				err = tx.QueryRow(s.q("SELECT v FROM "+tbl+" WHERE k = $1"), "taken").Scan(&v)
 				commitErr := tx.Commit()
-				if mode == "writes" || !s.pg() {
+				if mode == "writes" || !s.PG() {
 					if err != nil || v != 7 {
 						t.Fatalf("re-read in the same transaction: v=%d err=%v", v, err)
 					}
@@ -64,7 +64,7 @@ func TestIntegrationSavepointLockTimeoutRetry(t *testing.T) {
 			t.Run(stmt[:6], func(t *testing.T) {
 				var rc retryCounter
 				params := []string{"conflict_savepoints=writes", "conflict_retries=10", "conflict_backoff=50ms", "conflict_max_backoff=200ms"}
-				if !s.pg() {
+				if !s.PG() {
 					params = append(params, "innodb_lock_wait_timeout=1")
 				}
 				db := s.openObserved(t, &rc, params...)
@@ -81,7 +81,7 @@ func TestIntegrationSavepointLockTimeoutRetry(t *testing.T) {
 					t.Fatal(err)
 				}
 				defer tx.Rollback()
-				if s.pg() {
+				if s.PG() {
 					mustExec(t, tx, "SET LOCAL lock_timeout = '100ms'")
 				}
 				time.AfterFunc(1500*time.Millisecond, func() { holder.Commit() })
@@ -109,7 +109,7 @@ func TestIntegrationSavepointLockTimeoutRetry(t *testing.T) {
 				if err := db.QueryRow("SELECT v FROM " + tbl + " WHERE id = 1").Scan(&v); err != nil || v != want {
 					t.Errorf("v = %d (%v), want %d", v, err, want)
 				}
-				t.Logf("%s: %d retries behind the savepoint", s.name, rc.retries.Load())
+				t.Logf("%s: %d retries behind the savepoint", s.Name, rc.retries.Load())
 			})
 		}
 	})

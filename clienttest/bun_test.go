@@ -23,7 +23,7 @@ type bunTag struct {
 func openBun(t *testing.T, tg target, params ...string) (*bun.DB, *sql.DB) {
 	t.Helper()
 	db := tg.open(t, params...)
-	if tg.pg() {
+	if tg.PG() {
 		return bun.NewDB(db, pgdialect.New()), db
 	}
 	return bun.NewDB(db, mysqldialect.New()), db

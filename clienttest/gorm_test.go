@@ -40,15 +40,15 @@ type gormOpen struct {
 var gormOpens = []gormOpen{
 	// GORM opens the driver by name.
 	{"DriverName", func(t *testing.T, tg target, params ...string) gorm.Dialector {
-		if tg.pg() {
-			return postgres.New(postgres.Config{DriverName: tg.driver, DSN: tg.dsnWith(params...)})
+		if tg.PG() {
+			return postgres.New(postgres.Config{DriverName: tg.Driver, DSN: tg.DSNWith(params...)})
 		}
-		return mysql.New(mysql.Config{DriverName: tg.driver, DSN: tg.dsnWith(params...)})
+		return mysql.New(mysql.Config{DriverName: tg.Driver, DSN: tg.DSNWith(params...)})
 	}},
 	// GORM uses a *sql.DB the application opened.
 	{"Conn", func(t *testing.T, tg target, params ...string) gorm.Dialector {
 		db := tg.open(t, params...)
-		if tg.pg() {
+		if tg.PG() {
 			return postgres.New(postgres.Config{Conn: db})
 		}
 		return mysql.New(mysql.Config{Conn: db})
@@ -63,7 +63,7 @@ func openGorm(t *testing.T, tg target, how gormOpen, translate bool, params ...s
 		TranslateError: translate,
 	})
 	if err != nil {
-		t.Fatalf("%s server unreachable (%s is set): %v", tg.name, tg.env, err)
+		tg.Unreachable(t, err)
 	}
 	db, err := gdb.DB()
 	if err != nil {
@@ -165,13 +165,13 @@ func TestGormUniqueViolation(t *testing.T) {
 					if wrapped && !errors.Is(err, sqlconflict.ErrUniqueViolation) {
 						t.Errorf("errors.Is(%v, sqlconflict.ErrUniqueViolation) = false", err)
 					}
-					if !translated || tg.name == "pgx" {
+					if !translated || tg.Name == "pgx" {
 						tg.checkUnique(t, err, constraint)
 						continue
 					}
 					// The driver's error is gone: if GORM starts keeping
 					// it, docs/clients.md needs updating.
-					if sqlconflict.IsUniqueViolation(err) || tg.asDriverError(err) {
+					if sqlconflict.IsUniqueViolation(err) || tg.AsDriverError(err) {
 						t.Errorf("%T %v: GORM now keeps the driver's error through TranslateError", err, err)
 					}
 				}

@@ -3,7 +3,6 @@ package clienttest
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -12,86 +11,28 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-sql-driver/mysql"
-	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/lib/pq"
 	"github.com/sqlconflict/sqlconflict"
+	"github.com/sqlconflict/sqlconflict/internal/itest"
 	sqlconflictpgx "github.com/sqlconflict/sqlconflict/pgx"
 )
 
-const (
-	envPG    = "SQLCONFLICT_PG_DSN"
-	envMySQL = "SQLCONFLICT_MYSQL_DSN"
-)
-
 // target is one wrapped driver on one integration server.
-type target struct {
-	name   string // "postgres" (lib/pq), "pgx" or "mysql"
-	driver string // the sqlconflict driver name
-	dsn    string
-	env    string // the variable that named the server
-}
+type target struct{ itest.Server }
 
-func (tg target) pg() bool { return tg.name != "mysql" }
-
-// targets returns the configured targets, skipping the test if there are
-// none.
-func targets(t *testing.T) []target {
-	t.Helper()
-	var out []target
-	if dsn := os.Getenv(envPG); dsn != "" {
-		out = append(out,
-			target{"postgres", sqlconflict.DriverPostgres, dsn, envPG},
-			target{"pgx", sqlconflictpgx.DriverName, dsn, envPG})
-	}
-	if dsn := os.Getenv(envMySQL); dsn != "" {
-		out = append(out, target{"mysql", sqlconflict.DriverMySQL, dsn, envMySQL})
-	}
-	if len(out) == 0 {
-		t.Skipf("integration test: set %s and/or %s (see .ci/run)", envPG, envMySQL)
-	}
-	return out
-}
-
-// eachTarget runs f as a subtest per target.
+// eachTarget runs f as a subtest per configured target, skipping the test
+// if there is none.
 func eachTarget(t *testing.T, f func(t *testing.T, tg target)) {
-	for _, tg := range targets(t) {
-		t.Run(tg.name, func(t *testing.T) { f(t, tg) })
+	d := itest.Drivers{Postgres: sqlconflict.DriverPostgres, Pgx: sqlconflictpgx.DriverName, MySQL: sqlconflict.DriverMySQL}
+	for _, s := range itest.Servers(t, d) {
+		t.Run(s.Name, func(t *testing.T) { f(t, target{s}) })
 	}
-}
-
-// dsnWith appends DSN query parameters.
-func (tg target) dsnWith(params ...string) string {
-	if len(params) == 0 {
-		return tg.dsn
-	}
-	sep := "?"
-	if strings.Contains(tg.dsn[strings.LastIndex(tg.dsn, "/")+1:], "?") {
-		sep = "&"
-	}
-	return tg.dsn + sep + strings.Join(params, "&")
 }
 
 // open opens the wrapped driver and fails the test if the server does not
 // answer.
 func (tg target) open(t *testing.T, params ...string) *sql.DB {
 	t.Helper()
-	db, err := sql.Open(tg.driver, tg.dsnWith(params...))
-	if err != nil {
-		t.Fatalf("open %s: %v", tg.driver, err)
-	}
-	t.Cleanup(func() { db.Close() })
-	tg.ping(t, db)
-	return db
-}
-
-func (tg target) ping(t *testing.T, db *sql.DB) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := db.PingContext(ctx); err != nil {
-		t.Fatalf("%s server unreachable (%s is set): %v", tg.name, tg.env, err)
-	}
+	return tg.Open(t, tg.Driver, params...)
 }
 
 // tagTable creates a fresh get-or-create table, id and unique name, named
@@ -111,7 +52,7 @@ func (tg target) tagTable(t *testing.T, db *sql.DB) (table, constraint string) {
 	table = fmt.Sprintf("ct%x_%s", os.Getpid()&0xffffff, strings.Trim(name, "_"))
 	constraint = table + "_name_key"
 	cols := "id BIGSERIAL PRIMARY KEY, name VARCHAR(64) NOT NULL, CONSTRAINT " + constraint + " UNIQUE (name)"
-	if !tg.pg() {
+	if !tg.PG() {
 		constraint = "uq_name"
 		cols = "id BIGINT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(64) NOT NULL, CONSTRAINT " + constraint + " UNIQUE (name)"
 	}
@@ -138,21 +79,6 @@ func rows(t *testing.T, db *sql.DB, table string) int {
 	return n
 }
 
-// asDriverError reports whether errors.As finds the base driver's error in
-// err.
-func (tg target) asDriverError(err error) bool {
-	switch tg.name {
-	case "postgres":
-		_, ok := errors.AsType[*pq.Error](err)
-		return ok
-	case "pgx":
-		_, ok := errors.AsType[*pgconn.PgError](err)
-		return ok
-	}
-	_, ok := errors.AsType[*mysql.MySQLError](err)
-	return ok
-}
-
 // checkUnique asserts that err, as a client returned it, is still the
 // classified unique violation of constraint, holding the driver's error.
 func (tg target) checkUnique(t *testing.T, err error, constraint string) {
@@ -166,7 +92,7 @@ func (tg target) checkUnique(t *testing.T, err error, constraint string) {
 	if cl := sqlconflict.Classify(err); cl.Constraint != constraint {
 		t.Errorf("Classify(%v).Constraint = %q, want %q", err, cl.Constraint, constraint)
 	}
-	if !tg.asDriverError(err) {
+	if !tg.AsDriverError(err) {
 		t.Errorf("errors.As to the driver's error type failed for %T %v", err, err)
 	}
 }

@@ -29,12 +29,12 @@ type sqlxTag struct {
 // openSqlx opens the target through sqlx.Open, as an application would.
 func (tg target) openSqlx(t *testing.T, params ...string) *sqlx.DB {
 	t.Helper()
-	db, err := sqlx.Open(tg.driver, tg.dsnWith(params...))
+	db, err := sqlx.Open(tg.Driver, tg.DSNWith(params...))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	tg.ping(t, db.DB)
+	tg.Ping(t, db.DB)
 	return db
 }
 
@@ -65,7 +65,7 @@ func TestSqlxGetOrCreateRace(t *testing.T) {
 				if err != nil {
 					return err
 				}
-				if tg.pg() {
+				if tg.PG() {
 					return stx.GetContext(ctx, &tag.ID, ins+" RETURNING id", args...)
 				}
 				res, err := stx.ExecContext(ctx, ins, args...)
@@ -107,7 +107,7 @@ func TestSqlxUniqueViolation(t *testing.T) {
 		tg.checkUnique(t, err, constraint)
 
 		// sqlx.NewDb with the base driver's name needs no BindDriver.
-		bind := map[bool]string{true: "postgres", false: "mysql"}[tg.pg()]
+		bind := map[bool]string{true: "postgres", false: "mysql"}[tg.PG()]
 		wrapped := sqlx.NewDb(tg.open(t, "conflict_wrap_errors=true"), bind)
 		_, err = wrapped.NamedExecContext(ctx, ins, sqlxTag{Name: "dup"})
 		tg.checkUnique(t, err, constraint)

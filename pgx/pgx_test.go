@@ -1,7 +1,6 @@
 package pgx_test
 
 import (
-	"context"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -10,15 +9,13 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/sqlconflict/sqlconflict"
+	"github.com/sqlconflict/sqlconflict/internal/itest"
 	sqlconflictpgx "github.com/sqlconflict/sqlconflict/pgx"
 )
-
-const envPG = "SQLCONFLICT_PG_DSN"
 
 func TestRegistered(t *testing.T) {
 	if !slices.Contains(sql.Drivers(), sqlconflictpgx.DriverName) {
@@ -75,26 +72,11 @@ func TestOpenDBOptions(t *testing.T) {
 	}
 }
 
-// pgDSN returns the integration server's DSN, skipping the test if it is
-// not set.
-func pgDSN(t *testing.T) string {
+// pgServer returns the integration server, skipping the test if it is not
+// configured.
+func pgServer(t *testing.T) itest.Server {
 	t.Helper()
-	dsn := os.Getenv(envPG)
-	if dsn == "" {
-		t.Skipf("integration test: set %s (see .ci/run)", envPG)
-	}
-	return dsn
-}
-
-// ping fails the test if the server does not answer.
-func ping(t *testing.T, db *sql.DB) {
-	t.Helper()
-	t.Cleanup(func() { db.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := db.PingContext(ctx); err != nil {
-		t.Fatalf("PostgreSQL unreachable (%s is set): %v", envPG, err)
-	}
+	return itest.Servers(t, itest.Drivers{Pgx: sqlconflictpgx.DriverName})[0]
 }
 
 // kvDSN rewrites a URL DSN in key=value form, adding an application_name
@@ -121,7 +103,8 @@ func kvDSN(t *testing.T, dsn string) string {
 // The server refuses a connection carrying a conflict_* run-time parameter,
 // and without the savepoint a unique violation would abort the transaction.
 func TestIntegrationOptionsApplied(t *testing.T) {
-	dsn := pgDSN(t)
+	srv := pgServer(t)
+	dsn := srv.DSN
 	sep := "?"
 	if strings.Contains(dsn, "?") {
 		sep = "&"
@@ -169,7 +152,8 @@ func TestIntegrationOptionsApplied(t *testing.T) {
 	for _, name := range []string{"url", "keyvalue", "OpenDB/RuntimeParams", "OpenDB/Options"} {
 		t.Run(name, func(t *testing.T) {
 			db := open[name](t)
-			ping(t, db)
+			t.Cleanup(func() { db.Close() })
+			srv.Ping(t, db)
 			tbl := fmt.Sprintf("pgx_opts_%x_%s", os.Getpid(), strings.NewReplacer("/", "_").Replace(strings.ToLower(name)))
 			if _, err := db.Exec("DROP TABLE IF EXISTS " + tbl + "; CREATE TABLE " + tbl + " (id INT PRIMARY KEY)"); err != nil {
 				t.Fatal(err)

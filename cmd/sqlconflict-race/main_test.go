@@ -14,13 +14,7 @@ import (
 	"github.com/lib/pq"
 
 	"github.com/sqlconflict/sqlconflict"
-)
-
-// Integration targets, as for the core package's tests: unset, the server's
-// subtest skips; set, an unreachable server fails it.
-const (
-	envPG    = "SQLCONFLICT_PG_DSN"
-	envMySQL = "SQLCONFLICT_MYSQL_DSN"
+	"github.com/sqlconflict/sqlconflict/internal/itest"
 )
 
 // runCmd runs the command with args and returns its exit status and output.
@@ -35,10 +29,12 @@ func runCmd(t *testing.T, args ...string) (int, string, string) {
 // PostgreSQL and MariaDB/MySQL when their DSNs are set, and checks that the
 // sqlconflict runs failed no operation and left the right final state.
 func TestScenarios(t *testing.T) {
+	// As in the core package's tests: a server whose variable is unset
+	// skips; one that is set but unreachable fails.
 	targets := []struct{ name, env, dsn string }{
 		{name: "sqlite"},
-		{name: "postgres", env: envPG},
-		{name: "mysql", env: envMySQL},
+		{name: "postgres", env: itest.EnvPG},
+		{name: "mysql", env: itest.EnvMySQL},
 	}
 	for _, tg := range targets {
 		t.Run(tg.name, func(t *testing.T) {
