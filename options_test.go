@@ -144,6 +144,14 @@ const (
 	formQuery = sqlconflict.DSNQuery
 )
 
+// setAllOptions sets every option away from its default: what the "all
+// mixed" DSNs of TestSplitDSN ask for.
+func setAllOptions(o *sqlconflict.Options) {
+	*o = sqlconflict.Options{Retries: 7, Backoff: time.Millisecond, MaxBackoff: 2 * time.Second,
+		Savepoints: sqlconflict.SavepointsWrites, SavepointBudget: 4,
+		BlindReread: sqlconflict.BlindRereadOff, WrapErrors: true}
+}
+
 func TestSplitDSN(t *testing.T) {
 	tests := []struct {
 		name        string
@@ -198,11 +206,7 @@ func TestSplitDSN(t *testing.T) {
 				"application_name=a%26b&conflict_max_backoff=2s&conflict_savepoints=writes&connect_timeout=5&" +
 				"conflict_savepoint_budget=4&conflict_blind_reread=off&conflict_wrap_errors=true",
 			want: "postgresql://alice:pw@db:5432/app?sslmode=disable&application_name=a%26b&connect_timeout=5",
-			opts: func(o *sqlconflict.Options) {
-				*o = sqlconflict.Options{Retries: 7, Backoff: time.Millisecond, MaxBackoff: 2 * time.Second,
-					Savepoints: sqlconflict.SavepointsWrites, SavepointBudget: 4,
-					BlindReread: sqlconflict.BlindRereadOff, WrapErrors: true}
-			}},
+			opts: setAllOptions},
 		{name: "url/escaped password", form: formURL,
 			dsn:  "postgres://alice:p%3F%40%2F%26conflict_retries%3D9@db/app?conflict_retries=2&sslmode=disable",
 			want: "postgres://alice:p%3F%40%2F%26conflict_retries%3D9@db/app?sslmode=disable",
@@ -264,11 +268,7 @@ func TestSplitDSN(t *testing.T) {
 			dsn: "conflict_retries=7 host=db conflict_backoff=1ms conflict_max_backoff=2s dbname=app " +
 				"conflict_savepoints=writes\tconflict_savepoint_budget=4\nsslmode=disable conflict_blind_reread=off conflict_wrap_errors=t",
 			want: "host=db dbname=app sslmode=disable",
-			opts: func(o *sqlconflict.Options) {
-				*o = sqlconflict.Options{Retries: 7, Backoff: time.Millisecond, MaxBackoff: 2 * time.Second,
-					Savepoints: sqlconflict.SavepointsWrites, SavepointBudget: 4,
-					BlindReread: sqlconflict.BlindRereadOff, WrapErrors: true}
-			}},
+			opts: setAllOptions},
 		{name: "kv/spaces around =", form: formKV,
 			dsn:  "host = db   conflict_retries =  5  dbname= app",
 			want: "host = db   dbname= app",
@@ -343,11 +343,7 @@ func TestSplitDSN(t *testing.T) {
 				"conflict_max_backoff=2s&conflict_savepoints=writes&loc=Europe%2FParis&" +
 				"conflict_savepoint_budget=4&conflict_blind_reread=off&conflict_wrap_errors=TRUE",
 			want: "alice:pw@tcp(db:3306)/app?parseTime=true&loc=Europe%2FParis",
-			opts: func(o *sqlconflict.Options) {
-				*o = sqlconflict.Options{Retries: 7, Backoff: time.Millisecond, MaxBackoff: 2 * time.Second,
-					Savepoints: sqlconflict.SavepointsWrites, SavepointBudget: 4,
-					BlindReread: sqlconflict.BlindRereadOff, WrapErrors: true}
-			}},
+			opts: setAllOptions},
 		{name: "mysql/password specials", form: formMySQL,
 			dsn:  "alice:p?conflict_retries=9&x@y/z:w@tcp(db:3306)/app?conflict_retries=2&parseTime=true",
 			want: "alice:p?conflict_retries=9&x@y/z:w@tcp(db:3306)/app?parseTime=true",
@@ -407,11 +403,7 @@ func TestSplitDSN(t *testing.T) {
 				"conflict_max_backoff=2s&_pragma=journal_mode(WAL)&conflict_savepoints=writes&" +
 				"conflict_savepoint_budget=4&conflict_blind_reread=off&conflict_wrap_errors=true&_time_format=sqlite",
 			want: "file:/tmp/app.db?_pragma=busy_timeout(0)&_pragma=journal_mode(WAL)&_time_format=sqlite",
-			opts: func(o *sqlconflict.Options) {
-				*o = sqlconflict.Options{Retries: 7, Backoff: time.Millisecond, MaxBackoff: 2 * time.Second,
-					Savepoints: sqlconflict.SavepointsWrites, SavepointBudget: 4,
-					BlindReread: sqlconflict.BlindRereadOff, WrapErrors: true}
-			}},
+			opts: setAllOptions},
 		{name: "query/slash after ?", form: formQuery,
 			dsn:  "/tmp/app.db?conflict_retries=2&vfs=my/vfs",
 			want: "/tmp/app.db?vfs=my/vfs",
