@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"sync/atomic"
 	"testing"
 
 	"github.com/sqlconflict/sqlconflict"
@@ -35,25 +34,21 @@ func TestBunGetOrCreateRace(t *testing.T) {
 	eachTarget(t, func(t *testing.T, tg target) {
 		bdb, db := openBun(t, tg)
 		table, _ := tg.tagTable(t, db)
-		var attempts atomic.Int64
-		race(t, db, table, &attempts, func(ctx context.Context, key string) (int64, error) {
+		race(t, db, table, func(ctx context.Context, tx *sql.Tx, key string) (int64, error) {
 			var tag bunTag
-			err := runner.Run(ctx, db, nil, func(ctx context.Context, tx *sql.Tx) error {
-				attempts.Add(1)
-				tag = bunTag{}
-				err := bdb.NewSelect().Conn(tx).Model(&tag).ModelTableExpr("? AS tag", bun.Ident(table)).
-					Where("name = ?", key).Scan(ctx)
-				if !errors.Is(err, sql.ErrNoRows) {
-					return err
-				}
-				tag = bunTag{Name: key}
-				_, err = bdb.NewInsert().Conn(tx).Model(&tag).ModelTableExpr("?", bun.Ident(table)).Exec(ctx)
-				return err
-			})
-			if err == nil && tag.ID == 0 {
+			err := bdb.NewSelect().Conn(tx).Model(&tag).ModelTableExpr("? AS tag", bun.Ident(table)).
+				Where("name = ?", key).Scan(ctx)
+			if !errors.Is(err, sql.ErrNoRows) {
+				return tag.ID, err
+			}
+			tag = bunTag{Name: key}
+			if _, err := bdb.NewInsert().Conn(tx).Model(&tag).ModelTableExpr("?", bun.Ident(table)).Exec(ctx); err != nil {
+				return 0, err
+			}
+			if tag.ID == 0 {
 				return 0, errors.New("bun did not set the new row's id")
 			}
-			return tag.ID, err
+			return tag.ID, nil
 		})
 	})
 }

@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"testing"
 
 	"github.com/sqlconflict/sqlconflict"
@@ -81,14 +80,9 @@ func TestGormGetOrCreateRace(t *testing.T) {
 			t.Run(how.name, func(t *testing.T) {
 				gdb, db := openGorm(t, tg, how, false)
 				table, _ := tg.tagTable(t, db)
-				var attempts atomic.Int64
-				race(t, db, table, &attempts, func(ctx context.Context, key string) (int64, error) {
+				race(t, db, table, func(ctx context.Context, tx *sql.Tx, key string) (int64, error) {
 					var tag gormTag
-					err := runner.Run(ctx, db, nil, func(ctx context.Context, tx *sql.Tx) error {
-						attempts.Add(1)
-						tag = gormTag{}
-						return gormTx(ctx, gdb, tx).Table(table).FirstOrCreate(&tag, gormTag{Name: key}).Error
-					})
+					err := gormTx(ctx, gdb, tx).Table(table).FirstOrCreate(&tag, gormTag{Name: key}).Error
 					return tag.ID, err
 				})
 			})
@@ -103,18 +97,12 @@ func TestGormTranslateErrorRace(t *testing.T) {
 	eachTarget(t, func(t *testing.T, tg target) {
 		gdb, db := openGorm(t, tg, gormOpens[0], true)
 		table, _ := tg.tagTable(t, db)
-		var attempts atomic.Int64
-		race(t, db, table, &attempts, func(ctx context.Context, key string) (int64, error) {
+		race(t, db, table, func(ctx context.Context, tx *sql.Tx, key string) (int64, error) {
 			var tag gormTag
-			err := runner.Run(ctx, db, nil, func(ctx context.Context, tx *sql.Tx) error {
-				attempts.Add(1)
-				tag = gormTag{}
-				err := gormTx(ctx, gdb, tx).Table(table).FirstOrCreate(&tag, gormTag{Name: key}).Error
-				if errors.Is(err, gorm.ErrDuplicatedKey) {
-					return fmt.Errorf("%w: %w", sqlconflict.ErrRetryTx, err)
-				}
-				return err
-			})
+			err := gormTx(ctx, gdb, tx).Table(table).FirstOrCreate(&tag, gormTag{Name: key}).Error
+			if errors.Is(err, gorm.ErrDuplicatedKey) {
+				return 0, fmt.Errorf("%w: %w", sqlconflict.ErrRetryTx, err)
+			}
 			return tag.ID, err
 		})
 	})

@@ -116,19 +116,20 @@ var runner = sqlconflict.TxRunner{
 	MaxBackoff:           50 * time.Millisecond,
 }
 
-// race runs getOrCreate(ctx, key) for every worker and round and checks that
-// none failed, that every key was created once, and that every caller of a
-// key got the same id. getOrCreate counts its transaction attempts in
-// attempts, so that the test can show the reruns the race caused.
-func race(t *testing.T, db *sql.DB, table string, attempts *atomic.Int64, getOrCreate func(ctx context.Context, key string) (int64, error)) {
+// race runs getOrCreate for every worker and round, each call in its own
+// transaction through RunTx (runner), and checks that none failed, that
+// every key was created once, and that every caller of a key got the same
+// id. It logs the transaction reruns the race caused.
+func race(t *testing.T, db *sql.DB, table string, getOrCreate func(ctx context.Context, tx *sql.Tx, key string) (int64, error)) {
 	t.Helper()
 	warm(t, db)
 	var (
-		mu    sync.Mutex
-		errs  []error
-		ids   = map[string]map[int64]bool{}
-		wg    sync.WaitGroup
-		start = make(chan struct{})
+		attempts atomic.Int64
+		mu       sync.Mutex
+		errs     []error
+		ids      = map[string]map[int64]bool{}
+		wg       sync.WaitGroup
+		start    = make(chan struct{})
 	)
 	for w := range raceWorkers {
 		wg.Add(1)
@@ -137,7 +138,13 @@ func race(t *testing.T, db *sql.DB, table string, attempts *atomic.Int64, getOrC
 			<-start
 			for i := range raceOps {
 				key := fmt.Sprintf("r%d_k%d", i, w%raceKeys)
-				id, err := getOrCreate(context.Background(), key)
+				var id int64
+				err := runner.Run(context.Background(), db, nil, func(ctx context.Context, tx *sql.Tx) error {
+					attempts.Add(1)
+					var err error
+					id, err = getOrCreate(ctx, tx, key)
+					return err
+				})
 				mu.Lock()
 				if err != nil {
 					errs = append(errs, fmt.Errorf("worker %d round %d: %w", w, i, err))

@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"sync/atomic"
 	"testing"
 
 	"github.com/jmoiron/sqlx"
@@ -50,32 +49,27 @@ func TestSqlxGetOrCreateRace(t *testing.T) {
 		db := tg.openSqlx(t)
 		table, _ := tg.tagTable(t, db.DB)
 		sel := db.Rebind("SELECT id, name FROM " + table + " WHERE name = ?")
-		var attempts atomic.Int64
-		race(t, db.DB, table, &attempts, func(ctx context.Context, key string) (int64, error) {
+		race(t, db.DB, table, func(ctx context.Context, tx *sql.Tx, key string) (int64, error) {
 			var tag sqlxTag
-			err := runner.Run(ctx, db, nil, func(ctx context.Context, tx *sql.Tx) error {
-				attempts.Add(1)
-				stx := sqlxTx(db, tx)
-				err := stx.GetContext(ctx, &tag, sel, key)
-				if !errors.Is(err, sql.ErrNoRows) {
-					return err
-				}
-				tag = sqlxTag{Name: key}
-				ins, args, err := db.BindNamed("INSERT INTO "+table+" (name) VALUES (:name)", tag)
-				if err != nil {
-					return err
-				}
-				if tg.PG() {
-					return stx.GetContext(ctx, &tag.ID, ins+" RETURNING id", args...)
-				}
-				res, err := stx.ExecContext(ctx, ins, args...)
-				if err != nil {
-					return err
-				}
-				tag.ID, err = res.LastInsertId()
-				return err
-			})
-			return tag.ID, err
+			stx := sqlxTx(db, tx)
+			err := stx.GetContext(ctx, &tag, sel, key)
+			if !errors.Is(err, sql.ErrNoRows) {
+				return tag.ID, err
+			}
+			tag = sqlxTag{Name: key}
+			ins, args, err := db.BindNamed("INSERT INTO "+table+" (name) VALUES (:name)", tag)
+			if err != nil {
+				return 0, err
+			}
+			if tg.PG() {
+				err := stx.GetContext(ctx, &tag.ID, ins+" RETURNING id", args...)
+				return tag.ID, err
+			}
+			res, err := stx.ExecContext(ctx, ins, args...)
+			if err != nil {
+				return 0, err
+			}
+			return res.LastInsertId()
 		})
 	})
 }
