@@ -584,23 +584,8 @@ func TestIntegrationFaultConnectionCuts(t *testing.T) {
 		}
 
 		// What the table holds, read directly.
-		found := map[string]int{}
-		rows, err := direct.Query("SELECT token, COUNT(*) FROM " + tbl + " GROUP BY token")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for rows.Next() {
-			var tok string
-			var n int
-			if err := rows.Scan(&tok, &n); err != nil {
-				t.Fatal(err)
-			}
-			found[tok] = n
-			rep.rows += n
-		}
-		if err := rows.Close(); err != nil {
-			t.Fatal(err)
-		}
+		var found map[string]int
+		found, rep.rows = tokenRows(t, context.Background(), direct, tbl)
 
 		for _, tok := range order {
 			n := found[tok]
@@ -764,4 +749,29 @@ func autoOutcome(err error) faultOutcome {
 		return outAcked
 	}
 	return outUnknown
+}
+
+// tokenRows reads how many rows of tbl hold each token, and their total:
+// what the fault and restart workloads check their acknowledged writes
+// against.
+func tokenRows(t *testing.T, ctx context.Context, db *sql.DB, tbl string) (map[string]int, int) {
+	t.Helper()
+	rows, err := db.QueryContext(ctx, "SELECT token, COUNT(*) FROM "+tbl+" GROUP BY token")
+	if err != nil {
+		t.Fatal(err)
+	}
+	found, total := map[string]int{}, 0
+	for rows.Next() {
+		var tok string
+		var n int
+		if err := rows.Scan(&tok, &n); err != nil {
+			t.Fatal(err)
+		}
+		found[tok] = n
+		total += n
+	}
+	if err := rows.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return found, total
 }

@@ -234,24 +234,7 @@ func TestIntegrationServerRestart(t *testing.T) {
 			t.Fatalf("no write succeeded within %v of the restart", restartTimeout)
 		}
 
-		found := map[string]int{}
-		rows, err := direct.QueryContext(ctx, "SELECT token, COUNT(*) FROM "+tbl+" GROUP BY token")
-		if err != nil {
-			t.Fatal(err)
-		}
-		total := 0
-		for rows.Next() {
-			var tok string
-			var n int
-			if err := rows.Scan(&tok, &n); err != nil {
-				t.Fatal(err)
-			}
-			found[tok] = n
-			total += n
-		}
-		if err := rows.Close(); err != nil {
-			t.Fatal(err)
-		}
+		found, total := tokenRows(t, ctx, direct, tbl)
 
 		var acked, unknown, unknownApplied, notApplied, dups, failedAfter int
 		errKinds := map[string]int{}
