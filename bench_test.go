@@ -292,7 +292,7 @@ func (n *benchCounter) reset() {
 
 func (n *benchCounter) note(q string) {
 	n.roundTrips.Add(1)
-	if strings.Contains(q, savepointName) {
+	if strings.Contains(q, "sqlconflict_sp_") {
 		n.wrapperStmts.Add(1)
 	}
 }

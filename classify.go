@@ -411,6 +411,10 @@ func classifyOther(err error) Class {
 	// Before net.Error: context.DeadlineExceeded implements it too.
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return Class{Kind: KindQueryCanceled, Scope: ScopeUnknownOutcome}
+	// The transaction's snapshot cannot see a committed row: as with a
+	// serialization failure, a new transaction will.
+	case errors.Is(err, ErrBlindReread):
+		return Class{Kind: KindSerializationFailure, Scope: ScopeTransaction, Retryable: true}
 	// lib/pq's answer to Commit on a transaction an earlier error aborted
 	// (25P02); it has rolled back.
 	case errors.Is(err, pq.ErrInFailedTransaction):

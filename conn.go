@@ -8,6 +8,80 @@ import (
 	"github.com/ngrok/sqlmw"
 )
 
+// mwConn is what sqlmw's connection wrapper implements, whatever the base
+// connection implements: it forwards each call, or falls back as
+// database/sql would.
+type mwConn interface {
+	driver.Conn
+	driver.ConnBeginTx
+	driver.ConnPrepareContext
+	driver.ExecerContext
+	driver.QueryerContext
+	driver.Pinger
+	driver.SessionResetter
+	driver.Validator
+	driver.NamedValueChecker
+}
+
+// conn is the connection database/sql gets: sqlmw's wrapper with the
+// connection's interceptor, plus the base connection for [BaseConn].
+type conn struct {
+	mwConn
+	ic *interceptor
+}
+
+// Unwrap returns the base driver's connection. Together with [BaseConn] it is
+// the unwrapping protocol for code that needs the base driver's own API
+// inside [database/sql.Conn.Raw].
+func (c *conn) Unwrap() driver.Conn { return c.ic.conn }
+
+// ExecContext implements [driver.ExecerContext]. It runs the statement as
+// sqlmw would but returns the base driver's result itself rather than sqlmw's
+// wrapper, so that inside Raw a result can still be asserted to the base
+// driver's type (go-sql-driver/mysql's mysql.Result, say).
+func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	e, ok := c.ic.conn.(driver.ExecerContext)
+	if !ok {
+		return c.mwConn.ExecContext(ctx, query, args)
+	}
+	return c.ic.ConnExecContext(ctx, e, query, args)
+}
+
+// ResetSession implements [driver.SessionResetter]: database/sql calls it
+// before reusing a pooled connection.
+func (c *conn) ResetSession(ctx context.Context) error {
+	if err := c.ic.resetSession(); err != nil {
+		return err
+	}
+	return c.mwConn.ResetSession(ctx)
+}
+
+// BaseConn returns the base driver's connection behind driverConn, the value
+// [database/sql.Conn.Raw] passes to its function: for a connection of this
+// package's drivers, the lib/pq, go-sql-driver/mysql or pgx connection it
+// wraps; for any other value that has an Unwrap() driver.Conn method, what
+// that returns, repeatedly; otherwise driverConn itself (nil if it is not a
+// driver.Conn). So code written this way works with or without the wrapper:
+//
+//	err := conn.Raw(func(dc any) error {
+//		pgxConn := sqlconflict.BaseConn(dc).(*stdlib.Conn).Conn()
+//		_, err := pgxConn.CopyFrom(ctx, pgx.Identifier{"t"}, []string{"a"}, src)
+//		return err
+//	})
+//
+// Statements sent on the base connection bypass the wrapper: no retries, no
+// guard. Do not leave the connection in a transaction the wrapper did not see.
+func BaseConn(driverConn any) driver.Conn {
+	for {
+		u, ok := driverConn.(interface{ Unwrap() driver.Conn })
+		if !ok {
+			c, _ := driverConn.(driver.Conn)
+			return c
+		}
+		driverConn = u.Unwrap()
+	}
+}
+
 // interceptor is one connection's sqlmw interceptor, and its fields are that
 // connection's state. database/sql hands a driver connection to one goroutine
 // at a time and serialises every call on it under the connection's lock, so
@@ -18,42 +92,93 @@ type interceptor struct {
 	conn  driver.Conn      // the base connection, for the wrapper's own statements
 	valid driver.Validator // the base connection's, if it has one
 
-	tx txState
+	tx   txState
+	sess sessState
 	// skipsArgs: the base conn answered ErrSkip to a statement with arguments
 	// (go-sql-driver/mysql without interpolateParams), so database/sql will
 	// prepare it instead and guarding the direct call would waste a savepoint.
 	skipsArgs bool
-	iso       isoState
+	// rows is the slot for the one query the wrapper follows at a time
+	// (rows.go); a query that starts while it is taken is not followed.
+	rows rowsState
 }
 
 // txState is what the wrapper knows about the connection's transaction.
 type txState struct {
+	// active: a transaction is open, begun by BeginTx, a BEGIN or START
+	// TRANSACTION statement, a chained COMMIT or ROLLBACK, or found open by
+	// asking the server. With autocommit off (sessState) every statement is
+	// in a transaction too: see inTx.
 	active bool
-	doomed error // the unrecovered error that ended the transaction on the server
-	// recoverable: the doom came from a statement-scoped PostgreSQL error, which
-	// the application's own ROLLBACK TO SAVEPOINT can still undo.
-	recoverable bool
-	savepoints  int  // savepoints taken, for the budget
-	released    bool // false while our last savepoint is still open (PostgreSQL)
-	warned      bool // the budget warning was logged
-	iso         txIso
+	// doomed is the unrecovered error that ended the transaction on a server
+	// that does not guard it itself (not PostgreSQL); see doom.
+	doomed error
+	// failed: PostgreSQL has aborted the transaction (an error no savepoint
+	// undid); the server refuses the rest, so the wrapper sets no savepoint.
+	failed     bool
+	savepoints int  // savepoints taken, for the budget
+	released   bool // false while our last savepoint is still open
+	// pendingSP: the savepoint was set for a statement that the base
+	// connection then declined with ErrSkip; database/sql prepares and runs
+	// the same statement next, which reuses it.
+	pendingSP string
+	warned    bool // the budget warning was logged
+	iso       txIso
 }
 
-// init runs once per new connection.
-func (ic *interceptor) init(ctx context.Context, c driver.Conn) error {
+// connect sets up a new connection's interceptor. It sends nothing: the
+// happy path costs no round trip of the wrapper's own.
+func (ic *interceptor) connect(c driver.Conn) {
 	ic.conn = c
 	ic.valid, _ = c.(driver.Validator)
-	return ic.initIsolation(ctx)
+	ic.sess.autocommit = ic.cfg.autocommit
+}
+
+// inTx reports whether a statement now runs inside a transaction that the
+// wrapper knows of.
+func (ic *interceptor) inTx() bool {
+	return ic.tx.active || ic.sess.autocommit == autocommitOff
 }
 
 func (ic *interceptor) beginTx(iso txIso) {
 	ic.tx = txState{active: true, released: true, iso: iso}
 }
 
-func (ic *interceptor) endTx() {
+// endTx records the end of the transaction, committed or rolled back, by
+// the driver's Tx or by a statement, successful or not: a COMMIT that fails
+// has rolled back. With chain (AND CHAIN, or MySQL's completion_type=CHAIN)
+// a new transaction begins at once at the same isolation level.
+func (ic *interceptor) endTx(chain bool) {
+	iso := ic.tx.iso.explicit()
 	ic.tx = txState{}
-	ic.iso.next = isoUnset
+	if chain {
+		ic.beginTx(iso)
+	}
 }
+
+// resetSession runs before database/sql reuses a pooled connection. A
+// transaction begun by a plain BEGIN and left open survives on the server, so
+// its state does too, except that a doomed one makes the connection unusable:
+// the next user would otherwise inherit either refusals or a server-side
+// transaction that an error already rolled back. driver.ErrBadConn makes
+// database/sql close the connection, which ends that transaction for real.
+func (ic *interceptor) resetSession() error {
+	if ic.tx.doomed != nil {
+		return driver.ErrBadConn
+	}
+	if !ic.inTx() {
+		ic.tx = txState{}
+	}
+	ic.rows = rowsState{}
+	return nil
+}
+
+// guards reports whether the wrapper must refuse statements after an error
+// that ended the transaction. PostgreSQL refuses them itself (25P02, and
+// lib/pq's ErrInFailedTransaction at Commit), and its answers are the ones
+// the application expects; MySQL, MariaDB and SQLite would run them, outside
+// the transaction that is gone.
+func (ic *interceptor) guards() bool { return ic.cfg.Dialect != DialectPostgres }
 
 // doom records that err ended the transaction on the server. Later statements
 // and Commit fail without reaching it: MySQL 8 would run them in autocommit and
@@ -62,16 +187,9 @@ func (ic *interceptor) doom(err error, cl Class) {
 	if ic.tx.doomed != nil {
 		return
 	}
+	ic.tx.active = true // a transaction the server saw, even if the wrapper had not
 	ic.tx.doomed = err
-	ic.tx.recoverable = cl.Scope == ScopeStatement && cl.Dialect == DialectPostgres
 	ic.event(EventTxDoomed, cl, 0)
-}
-
-// dooms reports whether an unguarded error ends the transaction: on
-// PostgreSQL every server error aborts it; elsewhere only errors whose scope is
-// the whole transaction, or whose outcome is unknown.
-func (ic *interceptor) dooms(cl Class) bool {
-	return cl.Scope == ScopeTransaction || cl.Scope == ScopeUnknownOutcome || cl.Dialect == DialectPostgres
 }
 
 func (ic *interceptor) aborted() error {
@@ -91,7 +209,7 @@ func (ic *interceptor) ConnBeginTx(ctx context.Context, conn driver.ConnBeginTx,
 	if err != nil {
 		return ctx, nil, ic.wrap(err)
 	}
-	ic.beginTx(ic.txIsolation(opts))
+	ic.beginTx(txIsolation(opts))
 	return ctx, tx, nil
 }
 
@@ -99,7 +217,7 @@ func (ic *interceptor) ConnBeginTx(ctx context.Context, conn driver.ConnBeginTx,
 // and its cause returned: committing it would persist only its second half.
 func (ic *interceptor) TxCommit(ctx context.Context, tx driver.Tx) error {
 	doomed := ic.tx.doomed
-	ic.endTx()
+	ic.endTx(ic.sess.chains)
 	if doomed != nil {
 		_ = tx.Rollback() // the cause is what the caller needs to see
 		return &TxAbortedError{Cause: doomed}
@@ -112,20 +230,20 @@ func (ic *interceptor) TxCommit(ctx context.Context, tx driver.Tx) error {
 
 // TxRollback implements sqlmw.Interceptor.
 func (ic *interceptor) TxRollback(ctx context.Context, tx driver.Tx) error {
-	ic.endTx()
+	ic.endTx(ic.sess.chains)
 	return tx.Rollback()
 }
 
 // ConnPrepareContext implements sqlmw.Interceptor.
 func (ic *interceptor) ConnPrepareContext(ctx context.Context, conn driver.ConnPrepareContext, query string) (context.Context, driver.Stmt, error) {
 	if ic.tx.doomed != nil {
-		return ctx, nil, ic.aborted()
+		if k := parseStmt(query); k != stmtRollback && k != stmtCommit {
+			return ctx, nil, ic.aborted()
+		}
 	}
 	st, err := conn.PrepareContext(ctx, query)
 	if err != nil {
-		if cl := Classify(err); ic.tx.active && ic.dooms(cl) {
-			ic.doom(err, cl)
-		}
+		ic.stmtFailed(ctx, err, Classify(err))
 		return ctx, nil, ic.wrap(err)
 	}
 	return ctx, st, nil
@@ -136,18 +254,18 @@ func (ic *interceptor) ConnExecContext(ctx context.Context, conn driver.ExecerCo
 	if len(args) > 0 && ic.skipsArgs {
 		return nil, driver.ErrSkip
 	}
-	var info stmtInfo
-	return run(ic, ctx, query, len(args) > 0, func(ctx context.Context) (driver.Result, error) {
+	c := call{query: query, hasArgs: len(args) > 0}
+	return run(ic, ctx, &c, func(ctx context.Context) (driver.Result, error) {
 		return conn.ExecContext(ctx, query, args)
-	}, &info)
+	})
 }
 
 // StmtExecContext implements sqlmw.Interceptor.
 func (ic *interceptor) StmtExecContext(ctx context.Context, stmt driver.StmtExecContext, query string, args []driver.NamedValue) (driver.Result, error) {
-	var info stmtInfo
-	return run(ic, ctx, query, false, func(ctx context.Context) (driver.Result, error) {
+	c := call{query: query}
+	return run(ic, ctx, &c, func(ctx context.Context) (driver.Result, error) {
 		return stmt.ExecContext(ctx, args)
-	}, &info)
+	})
 }
 
 // ConnQueryContext implements sqlmw.Interceptor.

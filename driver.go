@@ -27,7 +27,6 @@ import (
 	"log/slog"
 	"reflect"
 	"strings"
-	"sync/atomic"
 
 	"github.com/go-sql-driver/mysql"
 	"github.com/lib/pq"
@@ -119,6 +118,9 @@ func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
 		return nil, err
 	}
 	c.secret = dsnPassword(baseDSN)
+	if form == DSNMySQL {
+		c.cfg.autocommit = dsnAutocommit(baseDSN)
+	}
 	return c, nil
 }
 
@@ -144,7 +146,8 @@ func newConnector(base driver.Connector, drv *Driver, opts Options) (*connector,
 	if opts.Dialect == DialectUnknown {
 		opts.Dialect = detectDialect(base.Driver())
 	}
-	return &connector{base: base, drv: drv, cfg: &config{Options: opts}}, nil
+	cfg := &config{Options: opts, sp: newSavepointSQL(), badConnSafe: badConnSafe(base.Driver())}
+	return &connector{base: base, drv: drv, cfg: cfg}, nil
 }
 
 // Connect opens a base connection and gives it its own interceptor. sqlmw
@@ -157,11 +160,13 @@ func (c *connector) Connect(ctx context.Context) (driver.Conn, error) {
 		return nil, redact(err, c.secret)
 	}
 	ic := &interceptor{cfg: c.cfg}
-	if err := ic.init(ctx, bc); err != nil {
+	ic.connect(bc)
+	mc, err := sqlmw.Driver(connDriver{bc}, ic).Open("")
+	if err != nil {
 		bc.Close()
 		return nil, err
 	}
-	return sqlmw.Driver(connDriver{bc}, ic).Open("")
+	return &conn{mwConn: mc.(mwConn), ic: ic}, nil
 }
 
 // Driver implements [driver.Connector].
@@ -171,10 +176,13 @@ func (c *connector) Driver() driver.Driver { return c.drv }
 // connections.
 type config struct {
 	Options
-	// isoQueryWarned: a failed session-default isolation query is logged at
-	// WARN once per connector, then at DEBUG, so that a pool on an odd server
-	// does not flood.
-	isoQueryWarned atomic.Bool
+	sp spSQL // the wrapper's savepoint statements
+	// badConnSafe: the base driver answers driver.ErrBadConn only when it
+	// sent nothing (see inFlight).
+	badConnSafe bool
+	// autocommit: the session's autocommit when a connection opens, as the
+	// DSN sets it (go-sql-driver/mysql's autocommit parameter).
+	autocommit autocommitState
 }
 
 func (c *config) logger() *slog.Logger {
@@ -204,20 +212,41 @@ func isPostgresURL(dsn string) bool {
 	return strings.HasPrefix(l, "postgres://") || strings.HasPrefix(l, "postgresql://")
 }
 
+// basePackage returns the import path of the package that defines the
+// base driver's type.
+func basePackage(d driver.Driver) string {
+	t := reflect.TypeOf(d)
+	for t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t == nil {
+		return ""
+	}
+	return t.PkgPath()
+}
+
+// badConnSafe reports the base drivers known to answer driver.ErrBadConn
+// only when nothing was sent: go-sql-driver/mysql (its contract since v1.5,
+// which its rejectReadOnly failover relies on) and modernc.org/sqlite (only
+// from ResetSession). lib/pq may answer it after sending (lib/pq#939). So
+// may pgx's stdlib, though it means to answer it only when
+// pgconn.SafeToRetry: a connection cut while a simple-protocol Exec reads
+// its reply surfaces as pgconn's "conn closed" lock error, which is
+// SafeToRetry, after the server ran the statement (seen in
+// TestIntegrationFaultConnectionCuts: 5 writes applied twice in 150).
+// An unknown driver is assumed not to keep the contract either.
+func badConnSafe(d driver.Driver) bool {
+	p := basePackage(d)
+	return strings.Contains(p, "go-sql-driver/mysql") || strings.Contains(p, "modernc.org/sqlite")
+}
+
 // detectDialect guesses the SQL dialect from the base driver's package, so
 // that NewConnector works with lib/pq, pgx's stdlib, go-sql-driver/mysql, and
 // SQLite drivers (modernc.org/sqlite, mattn/go-sqlite3: any package path
 // containing "sqlite", as [Classify] recognises SQLite errors) without the
 // caller saying which.
 func detectDialect(d driver.Driver) Dialect {
-	t := reflect.TypeOf(d)
-	for t != nil && t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	if t == nil {
-		return DialectUnknown
-	}
-	switch p := t.PkgPath(); {
+	switch p := basePackage(d); {
 	case strings.Contains(p, "lib/pq"), strings.Contains(p, "jackc/pgx"):
 		return DialectPostgres
 	case strings.Contains(p, "go-sql-driver/mysql"):

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	sqlmock "github.com/DATA-DOG/go-sqlmock"
+	"github.com/go-sql-driver/mysql"
 	"github.com/lib/pq"
 
 	"github.com/sqlconflict/sqlconflict"
@@ -93,15 +94,20 @@ func ExampleRunTx() {
 	// attempts: 2 err: <nil>
 }
 
-// After a deadlock the transaction is doomed: the next statement does not
-// reach the server, and Commit rolls back and says why.
+// After a deadlock MySQL has rolled the transaction back, but would run the
+// next statement outside it and let Commit commit that half. The wrapper
+// keeps the next statement from reaching the server, and Commit rolls back
+// and says why. (PostgreSQL refuses the rest of an aborted transaction
+// itself; there the wrapper lets the server and lib/pq answer.)
 func ExampleTxAbortedError_doomed() {
 	base, mock := newMock("example_doomed")
 	mock.ExpectBegin()
 	mock.ExpectExec("UPDATE stock SET n = n - 1 WHERE id = 7").
-		WillReturnError(&pq.Error{Code: "40P01", Message: "deadlock detected"})
+		WillReturnError(&mysql.MySQLError{Number: 1213, Message: "Deadlock found when trying to get lock; try restarting transaction"})
 	mock.ExpectRollback()
-	connector, _ := sqlconflict.NewConnector(base, sqlconflict.DefaultOptions())
+	opts := sqlconflict.DefaultOptions()
+	opts.Dialect = sqlconflict.DialectMySQL
+	connector, _ := sqlconflict.NewConnector(base, opts)
 	db := sql.OpenDB(connector)
 	defer db.Close()
 
@@ -114,6 +120,6 @@ func ExampleTxAbortedError_doomed() {
 	fmt.Println("commit retryable:", sqlconflict.IsRetryable(err))
 	// Output:
 	// deadlock
-	// sqlconflict: transaction aborted by an earlier error: pq: deadlock detected (40P01)
+	// sqlconflict: transaction aborted by an earlier error: Error 1213: Deadlock found when trying to get lock; try restarting transaction
 	// commit retryable: true
 }

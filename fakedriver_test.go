@@ -16,6 +16,9 @@ type fakeDriver struct {
 	stmts []string
 	// errs returns the error for a statement, or nil; nil errs: all succeed.
 	errs func(query string) error
+	// autocommitOff makes the session check (sqlSessionMySQL) answer that
+	// autocommit is off.
+	autocommitOff bool
 }
 
 func (d *fakeDriver) note(call string) {
@@ -90,7 +93,28 @@ func (c *fakeConn) QueryContext(_ context.Context, q string, _ []driver.NamedVal
 	if err := c.exec(q); err != nil {
 		return nil, err
 	}
+	if q == sqlSessionMySQL {
+		ac := "ON"
+		if c.d.autocommitOff {
+			ac = "OFF"
+		}
+		return &fakeVarRows{vars: [][2]string{{"autocommit", ac}, {"in_transaction", "0"}, {"innodb_rollback_on_timeout", "OFF"}}}, nil
+	}
 	return &fakeRows{n: 1}, nil
+}
+
+// fakeVarRows answers SHOW VARIABLES.
+type fakeVarRows struct{ vars [][2]string }
+
+func (r *fakeVarRows) Columns() []string { return []string{"Variable_name", "Value"} }
+func (r *fakeVarRows) Close() error      { return nil }
+func (r *fakeVarRows) Next(dest []driver.Value) error {
+	if len(r.vars) == 0 {
+		return io.EOF
+	}
+	dest[0], dest[1] = r.vars[0][0], r.vars[0][1]
+	r.vars = r.vars[1:]
+	return nil
 }
 func (c *fakeConn) Ping(context.Context) error { c.d.note("Ping"); return nil }
 func (c *fakeConn) ResetSession(context.Context) error {

@@ -49,6 +49,12 @@ const (
 	BlindRereadError
 	// BlindRereadOff does nothing. DSN value "off".
 	BlindRereadOff
+	// BlindRereadFix mends the re-read: on MySQL and MariaDB it runs the
+	// read again as a locking read, which sees the latest committed row,
+	// and hands the caller those rows; where that cannot be done (on
+	// PostgreSQL no read in the transaction can see the row) it fails the
+	// read with ErrBlindReread, which RunTx reruns. DSN value "fix".
+	BlindRereadFix
 )
 
 // String returns the mode's DSN value.
@@ -60,6 +66,8 @@ func (m BlindRereadMode) String() string {
 		return "error"
 	case BlindRereadOff:
 		return "off"
+	case BlindRereadFix:
+		return "fix"
 	}
 	return "BlindRereadMode(" + strconv.Itoa(int(m)) + ")"
 }
@@ -72,7 +80,7 @@ type Options struct {
 	MaxBackoff      time.Duration   // conflict_max_backoff: longest wait between retries; >= Backoff
 	Savepoints      SavepointMode   // conflict_savepoints: off or writes
 	SavepointBudget int             // conflict_savepoint_budget: most savepoints per transaction; >= 0
-	BlindReread     BlindRereadMode // conflict_blind_reread: warn, error or off
+	BlindReread     BlindRereadMode // conflict_blind_reread: warn, error, fix or off
 	WrapErrors      bool            // conflict_wrap_errors: wrap base driver errors (any strconv.ParseBool value)
 	Logger          *slog.Logger    // nil means slog.Default(); not a DSN option
 
@@ -112,8 +120,8 @@ func (o Options) Validate() error {
 		return fmt.Errorf("sqlconflict: Options.Savepoints (conflict_savepoints) must be SavepointsOff or SavepointsWrites, got %d", int(o.Savepoints))
 	case o.SavepointBudget < 0:
 		return fmt.Errorf("sqlconflict: Options.SavepointBudget (conflict_savepoint_budget) must be >= 0, got %d", o.SavepointBudget)
-	case o.BlindReread < BlindRereadWarn || o.BlindReread > BlindRereadOff:
-		return fmt.Errorf("sqlconflict: Options.BlindReread (conflict_blind_reread) must be BlindRereadWarn, BlindRereadError or BlindRereadOff, got %d", int(o.BlindReread))
+	case o.BlindReread < BlindRereadWarn || o.BlindReread > BlindRereadFix:
+		return fmt.Errorf("sqlconflict: Options.BlindReread (conflict_blind_reread) must be BlindRereadWarn, BlindRereadError, BlindRereadOff or BlindRereadFix, got %d", int(o.BlindReread))
 	}
 	return nil
 }
@@ -429,8 +437,8 @@ func (r *optionReader) set(key, val string, valErr error) error {
 		o.SavepointBudget, ok = count()
 		want = "an integer >= 0"
 	case "conflict_blind_reread":
-		o.BlindReread, ok = parseOptionEnum(val, BlindRereadOff)
-		want = `"warn", "error" or "off"`
+		o.BlindReread, ok = parseOptionEnum(val, BlindRereadFix)
+		want = `"warn", "error", "fix" or "off"`
 	case "conflict_wrap_errors":
 		var err error
 		o.WrapErrors, err = strconv.ParseBool(val)

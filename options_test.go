@@ -665,8 +665,8 @@ func TestValidate(t *testing.T) {
 		{func(o *sqlconflict.Options) { o.Savepoints = -1 }, "Options.Savepoints (conflict_savepoints)"},
 		{func(o *sqlconflict.Options) { o.SavepointBudget = -1 },
 			"sqlconflict: Options.SavepointBudget (conflict_savepoint_budget) must be >= 0, got -1"},
-		{func(o *sqlconflict.Options) { o.BlindReread = 3 },
-			"sqlconflict: Options.BlindReread (conflict_blind_reread) must be BlindRereadWarn, BlindRereadError or BlindRereadOff, got 3"},
+		{func(o *sqlconflict.Options) { o.BlindReread = 4 },
+			"sqlconflict: Options.BlindReread (conflict_blind_reread) must be BlindRereadWarn, BlindRereadError, BlindRereadOff or BlindRereadFix, got 4"},
 	}
 	for i, tt := range tests {
 		err := optsWith(tt.change).Validate()
@@ -695,6 +695,7 @@ func TestModeStrings(t *testing.T) {
 		{sqlconflict.BlindRereadWarn.String(), "warn"},
 		{sqlconflict.BlindRereadError.String(), "error"},
 		{sqlconflict.BlindRereadOff.String(), "off"},
+		{sqlconflict.BlindRereadFix.String(), "fix"},
 		{sqlconflict.BlindRereadMode(-1).String(), "BlindRereadMode(-1)"},
 	} {
 		if tt.got != tt.want {

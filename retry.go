@@ -8,44 +8,42 @@ import (
 	"time"
 )
 
-// stmtInfo is what run learned about a statement, for query1.
-type stmtInfo struct {
+// call is one statement as run sees it.
+type call struct {
+	query   string
+	hasArgs bool
 	kind    stmtKind
-	guarded bool
+	guarded bool // runs behind the wrapper's savepoint
+	first   error
 }
 
 // run executes one statement (Exec or Query, direct or prepared) under the
 // wrapper's policy: the doomed-transaction guard, the savepoint guard, and
 // retries of attempts that provably had no effect.
-func run[T any](ic *interceptor, ctx context.Context, query string, hasArgs bool, call func(context.Context) (T, error), info *stmtInfo) (T, error) {
+func run[T any](ic *interceptor, ctx context.Context, c *call, do func(context.Context) (T, error)) (T, error) {
 	var zero T
-	k := parseStmt(query)
-	info.kind = k
-	if ic.tx.active {
-		if err := ic.beforeTxStmt(ctx, k); err != nil {
+	c.kind = parseStmt(c.query)
+	if ic.inTx() {
+		if err := ic.beforeTxStmt(ctx, c); err != nil {
 			return zero, err
-		}
-		info.guarded = ic.guard(ctx, k, query)
-		if info.guarded {
-			if err := ic.savepoint(ctx); err != nil {
-				ic.txFailed(ctx, err, Classify(err))
-				return zero, ic.wrap(err)
-			}
 		}
 	}
 	for attempt := 0; ; attempt++ {
 		alive := ic.alive()
-		v, err := call(ctx)
+		v, err := do(ctx)
 		if err == nil {
-			ic.afterStmt(k, query)
+			ic.afterStmt(c.kind, c.query)
 			return v, nil
 		}
-		if ic.noteSkip(err, hasArgs) {
+		if ic.noteSkip(err, c.hasArgs) {
+			if c.guarded {
+				ic.tx.pendingSP = c.query
+			}
 			return zero, err
 		}
-		again, out := ic.failed(ctx, err, info.guarded, attempt, true)
+		again, out := ic.failed(ctx, c, err, attempt, true)
 		if !again {
-			return zero, ic.inFlight(out, alive, k, query)
+			return zero, ic.inFlight(out, alive)
 		}
 	}
 }
@@ -55,19 +53,19 @@ func (ic *interceptor) alive() bool {
 	return ic.valid == nil || ic.valid.IsValid()
 }
 
-// inFlight keeps database/sql from running a write twice. lib/pq and pgx
-// answer driver.ErrBadConn when a connection that was fine breaks under a
-// statement, even after the server ran it, and database/sql then runs the
-// statement again on another connection: a duplicate write, seen in
-// TestIntegrationFaultConnectionCuts. So a statement that may write, sent in
-// autocommit on a connection that was alive, fails with an unknown outcome
-// instead. Plain reads, and connections already broken before the call
-// (nothing was sent), keep database/sql's transparent retry.
-func (ic *interceptor) inFlight(err error, alive bool, k stmtKind, query string) error {
-	if !alive || ic.tx.active || !errors.Is(err, driver.ErrBadConn) {
-		return err
-	}
-	if (k == stmtSelect || k == stmtWith) && !isWrite(k, query) {
+// inFlight keeps database/sql from running a statement twice. database/sql
+// runs a statement again on another connection when the driver answers
+// driver.ErrBadConn, which a driver may only do when it sent nothing.
+// go-sql-driver/mysql keeps that promise (and its rejectReadOnly failover
+// relies on the retry), so its ErrBadConn passes. lib/pq and pgx do not
+// always (see badConnSafe): they may answer ErrBadConn when a connection
+// breaks under a statement the server ran, and the statement, a SELECT that
+// calls a function that writes included, would run twice. So with such a
+// base driver a statement sent on a connection that was alive fails with an
+// unknown outcome instead. A connection already broken before the call sent
+// nothing, and keeps database/sql's retry.
+func (ic *interceptor) inFlight(err error, alive bool) error {
+	if !alive || ic.cfg.badConnSafe || ic.inTx() || !errors.Is(err, driver.ErrBadConn) {
 		return err
 	}
 	return &LostConnError{Cause: err}
@@ -76,32 +74,52 @@ func (ic *interceptor) inFlight(err error, alive bool, k stmtKind, query string)
 // failed applies the policy to a failed attempt: it reports whether to run the
 // statement again (after backing off) and otherwise the error to return.
 // canRetry is false once rows have reached the caller.
-func (ic *interceptor) failed(ctx context.Context, err error, guarded bool, attempt int, canRetry bool) (bool, error) {
-	cl := Classify(err)
+func (ic *interceptor) failed(ctx context.Context, c *call, err error, attempt int, canRetry bool) (bool, error) {
+	cl := ic.scope(ctx, Classify(err))
+	if c.first == nil {
+		c.first = err
+	} else if ic.untracked(cl) {
+		// The retry met PostgreSQL's 25P02: the session was in a
+		// transaction the wrapper did not see, which the first error
+		// aborted. The first error is the application's.
+		return false, ic.wrap(c.first)
+	}
 	switch {
-	case !ic.tx.active:
-		// Autocommit: a deadlock, serialization failure or lock timeout rolled
-		// back the statement's own transaction, so running it again is safe.
-	case guarded && cl.Scope != ScopeTransaction && cl.Scope != ScopeUnknownOutcome:
-		// Behind our savepoint the failed statement can be undone alone, and
-		// the transaction stays usable (PostgreSQL would otherwise abort it).
-		if rerr := ic.rollbackTo(ctx); rerr != nil {
-			ic.doom(err, Class{Kind: cl.Kind, Scope: ScopeTransaction})
+	case c.kind == stmtCommit || c.kind == stmtRollback:
+		// A COMMIT or ROLLBACK that fails ends the transaction all the
+		// same: the server has rolled it back.
+		ic.endTx(false)
+		return false, ic.wrap(err)
+	case !ic.inTx():
+		// Autocommit, as the wrapper knows it. Run it again only if it is
+		// one atomic statement (never CALL, DO, or a string of several)
+		// that the server undid, and the server confirms autocommit.
+		if !canRetry || !cl.Retryable || attempt >= ic.cfg.Retries ||
+			!c.kind.atomic() || !lexStmt(c.query, ic.cfg.Dialect).single || !ic.confirmAutocommit(ctx) {
+			ic.stmtFailed(ctx, err, cl)
 			return false, ic.wrap(err)
 		}
-		ic.event(EventSavepointRollback, cl, attempt)
-		ic.onConflict(ctx, cl)
+	case c.guarded && cl.Kind == KindLockTimeout && cl.Scope == ScopeStatement:
+		// Behind our savepoint the failed statement is undone alone and
+		// the transaction stays usable; a lock wait may end next time.
+		if !ic.undo(ctx, err, cl, attempt) {
+			return false, ic.wrap(err)
+		}
+		if !canRetry || attempt >= ic.cfg.Retries {
+			return false, ic.wrap(err)
+		}
+		ic.tx.savepoints++ // the retry uses a new subtransaction
+	case c.guarded && cl.Scope == ScopeStatement && !cl.wholeTx():
+		// A unique violation, say: undone alone, and returned, so that
+		// the application can re-read and go on.
+		ic.undo(ctx, err, cl, attempt)
+		return false, ic.wrap(err)
 	default:
-		// Unguarded in a transaction: never retried, since on PostgreSQL the
-		// transaction is aborted and on MySQL it may be gone.
+		// Unguarded in a transaction, or an error that only a rerun of the
+		// whole transaction can cure: rolling back to a savepoint keeps the
+		// locks taken before it, so a deadlock would form again.
 		ic.txFailed(ctx, err, cl)
 		return false, ic.wrap(err)
-	}
-	if !canRetry || !cl.Retryable || attempt >= ic.cfg.Retries {
-		return false, ic.wrap(err)
-	}
-	if guarded {
-		ic.tx.savepoints++ // the retry uses a new subtransaction
 	}
 	ic.event(EventRetry, cl, attempt+2)
 	if werr := sleep(ctx, backoff(attempt, ic.cfg.Backoff, ic.cfg.MaxBackoff)); werr != nil {
@@ -110,12 +128,46 @@ func (ic *interceptor) failed(ctx context.Context, err error, guarded bool, atte
 	return true, nil
 }
 
-// txFailed records an unguarded error inside a transaction.
-func (ic *interceptor) txFailed(ctx context.Context, err error, cl Class) {
-	if !ic.tx.active {
+// wholeTx reports the errors that only a new transaction can cure:
+// deadlocks and serialization failures, whatever the server undid.
+func (c Class) wholeTx() bool {
+	return c.Kind == KindDeadlock || c.Kind == KindSerializationFailure || c.Kind == KindTransactionRollback
+}
+
+// untracked reports a retry that PostgreSQL refused with 25P02, and starts
+// tracking the transaction it revealed.
+func (ic *interceptor) untracked(cl Class) bool {
+	if cl.Dialect != DialectPostgres || cl.Code != "25P02" {
+		return false
+	}
+	ic.tx.active, ic.tx.failed = true, true
+	return true
+}
+
+// stmtFailed records an error that is returned to the application.
+func (ic *interceptor) stmtFailed(ctx context.Context, err error, cl Class) {
+	if ic.inTx() {
+		ic.txFailed(ctx, err, cl)
 		return
 	}
-	if ic.dooms(cl) {
+	// In autocommit as far as the wrapper knows. On MySQL a deadlock or
+	// another transaction-scoped error ends a transaction if there was one:
+	// ask whether there was (autocommit=0 set where the wrapper could not
+	// see it), so that what follows cannot commit its second half.
+	if ic.cfg.Dialect == DialectMySQL && cl.Dialect == DialectMySQL && cl.Scope == ScopeTransaction && !ic.confirmAutocommit(ctx) {
+		ic.txFailed(ctx, err, cl)
+	}
+}
+
+// txFailed records an error that is returned inside a transaction.
+func (ic *interceptor) txFailed(ctx context.Context, err error, cl Class) {
+	switch {
+	case !ic.guards():
+		// PostgreSQL aborted the transaction on any error of its own.
+		if cl.Dialect == DialectPostgres {
+			ic.tx.failed = true
+		}
+	case cl.Scope == ScopeTransaction || cl.Scope == ScopeUnknownOutcome:
 		ic.doom(err, cl)
 	}
 	ic.onConflict(ctx, cl)

@@ -4,30 +4,36 @@ import (
 	"context"
 	"database/sql/driver"
 	"io"
+	"reflect"
 )
 
-// rowsKey marks the context sqlmw passes to RowsNext and RowsClose for a
-// query the wrapper follows.
-type rowsKey struct{}
-
-// queryState follows a query whose first Next may still fail with an error
-// worth retrying: PostgreSQL reports lock waits, deadlocks and serialization
-// failures of a query there, not when it returns the rows. As long as no row
-// reached the caller, the query can be run again.
-type queryState struct {
+// rowsState follows a query's rows, so that an error reported after the
+// query returned is handled as one reported by the query itself, wherever
+// it surfaces: at Next (PostgreSQL reports lock waits, deadlocks and
+// serialization failures of a query there, and MySQL a deadlock after the
+// first rows of a locking read), at Close (MySQL's driver reads the rest of
+// the result there) or at NextResultSet. As long as no row reached the
+// caller, an autocommit query that provably had no effect can be run again;
+// a failure in a transaction dooms it on every path alike.
+//
+// It is the driver.Rows that sqlmw wraps, and implements every optional
+// rows interface by forwarding to the current attempt's rows; sqlmw reads
+// which of them to offer from the original rows through Unwrap. One lives
+// in each interceptor, so following a query allocates nothing.
+type rowsState struct {
 	ic      *interceptor
+	orig    driver.Rows // the first attempt's rows, for Unwrap
 	rows    driver.Rows // the current attempt's rows; nil once closed
-	call    queryCall
-	rerun   bool // the query may still be run again
-	guarded bool
+	stmt    driver.Stmt // a statement the wrapper prepared for a re-read, closed with the rows
+	q       queryCall
+	c       call
 	attempt int
 	handed  bool // a row reached the caller
-	blind   bool // a re-read that may be blind (see isolation.go)
+	reread  bool // the first read after a unique violation (isolation.go)
+	done    bool // the rows may not be run again
 }
 
-// queryCall is one query on the base connection or statement, kept as a
-// value rather than a closure: a closure that might be stored for a rerun
-// would be heap-allocated on every query, followed or not.
+// queryCall is one query on the base connection or statement.
 type queryCall struct {
 	conn  driver.QueryerContext   // set for a query on the connection
 	stmt  driver.StmtQueryContext // set for a prepared statement
@@ -42,80 +48,183 @@ func (c queryCall) do(ctx context.Context) (driver.Rows, error) {
 	return c.conn.QueryContext(ctx, c.query, c.args)
 }
 
-// query1 runs a query and decides whether to follow its rows.
-func query1(ic *interceptor, ctx context.Context, call queryCall, hasArgs bool) (context.Context, driver.Rows, error) {
-	var info stmtInfo
-	query := call.query
-	rows, err := run(ic, ctx, query, hasArgs, call.do, &info)
+// query1 runs a query and follows its rows.
+func query1(ic *interceptor, ctx context.Context, q queryCall, hasArgs bool) (context.Context, driver.Rows, error) {
+	c := call{query: q.query, hasArgs: hasArgs}
+	rows, err := run(ic, ctx, &c, q.do)
 	if err != nil {
 		return ctx, nil, err
 	}
-	retry := info.guarded || (!ic.tx.active && ic.cfg.Retries > 0 && isWrite(info.kind, query))
-	blind := ic.rereadMayBeBlind(info.kind, query)
-	if !retry && !blind {
-		return ctx, rows, nil
+	rs := &ic.rows
+	if rs.ic != nil {
+		rs = new(rowsState) // the slot's query is still open
 	}
-	qs := &queryState{ic: ic, rows: rows, call: call, rerun: retry, guarded: info.guarded, blind: blind}
-	return context.WithValue(ctx, rowsKey{}, qs), rows, nil
+	*rs = rowsState{ic: ic, orig: rows, rows: rows, q: q, c: c, reread: ic.rereadCheck(&c)}
+	return ctx, rs, nil
 }
 
 // RowsNext implements sqlmw.Interceptor.
 func (ic *interceptor) RowsNext(ctx context.Context, rows driver.Rows, dest []driver.Value) error {
-	if qs, ok := ctx.Value(rowsKey{}).(*queryState); ok {
-		return qs.next(ctx, dest)
+	if rs, ok := rows.(*rowsState); ok {
+		return rs.next(ctx, dest)
 	}
-	err := rows.Next(dest)
-	if err != nil && err != io.EOF {
-		ic.txFailed(ctx, err, Classify(err))
-		return ic.wrap(err)
-	}
-	return err
+	return rows.Next(dest)
 }
 
 // RowsClose implements sqlmw.Interceptor.
 func (ic *interceptor) RowsClose(ctx context.Context, rows driver.Rows) error {
-	if qs, ok := ctx.Value(rowsKey{}).(*queryState); ok {
-		if qs.rows == nil {
-			return nil
-		}
-		err := qs.rows.Close()
-		qs.rows = nil
-		return err
+	if rs, ok := rows.(*rowsState); ok {
+		return rs.close(ctx)
 	}
 	return rows.Close()
 }
 
-func (qs *queryState) next(ctx context.Context, dest []driver.Value) error {
-	ic := qs.ic
+func (rs *rowsState) next(ctx context.Context, dest []driver.Value) error {
+	ic := rs.ic
 	for {
 		var err error
-		if qs.rows == nil {
-			if !qs.rerun {
+		if rs.rows == nil {
+			if rs.done {
 				return io.EOF // closed after an error that was already returned
 			}
-			qs.rows, err = qs.call.do(ctx)
+			rs.rows, err = rs.q.do(ctx)
 		}
 		if err == nil {
-			if err = qs.rows.Next(dest); err == nil {
-				qs.handed = true
+			if err = rs.rows.Next(dest); err == nil {
+				rs.handed = true
 				return nil
 			}
 			if err == io.EOF {
-				if !qs.handed && qs.blind {
-					return ic.blindReread(ctx)
+				if rs.reread && !rs.handed {
+					rs.reread = false
+					return ic.blindReread(ctx, rs, dest)
 				}
 				return err
 			}
 			// Close before the wrapper talks to the server again: the base
 			// connection is not free while a result set is open.
-			_ = qs.rows.Close()
-			qs.rows = nil
+			_ = rs.closeRows()
 		}
-		again, out := ic.failed(ctx, err, qs.guarded, qs.attempt, !qs.handed && qs.rerun)
+		again, out := ic.failed(ctx, &rs.c, err, rs.attempt, !rs.handed && !rs.done)
 		if !again {
-			qs.rerun = false
+			rs.done = true
 			return out
 		}
-		qs.attempt++
+		rs.attempt++
 	}
+}
+
+// close closes the current rows, handling an error the base driver reports
+// only now (go-sql-driver/mysql reads the rest of the result in Close).
+func (rs *rowsState) close(ctx context.Context) error {
+	ic := rs.ic
+	if ic == nil {
+		return nil // a slot already freed
+	}
+	err := rs.closeRows()
+	failed := err != nil && !rs.done
+	if rs == &ic.rows {
+		ic.rows = rowsState{} // free the slot
+	}
+	if failed {
+		ic.stmtFailed(ctx, err, ic.scope(ctx, Classify(err)))
+		return ic.wrap(err)
+	}
+	return err
+}
+
+func (rs *rowsState) closeRows() error {
+	if rs.rows == nil {
+		return nil
+	}
+	err := rs.rows.Close()
+	rs.rows = nil
+	if rs.stmt != nil {
+		rs.stmt.Close()
+		rs.stmt = nil
+	}
+	return err
+}
+
+// current returns the rows the optional interfaces forward to.
+func (rs *rowsState) current() driver.Rows {
+	if rs.rows != nil {
+		return rs.rows
+	}
+	return rs.orig
+}
+
+// Unwrap implements sqlmw.RowsUnwrapper.
+func (rs *rowsState) Unwrap() driver.Rows { return rs.orig }
+
+// Columns implements driver.Rows.
+func (rs *rowsState) Columns() []string { return rs.current().Columns() }
+
+// Close implements driver.Rows. sqlmw calls RowsClose instead.
+func (rs *rowsState) Close() error { return rs.close(context.Background()) }
+
+// Next implements driver.Rows. sqlmw calls RowsNext instead.
+func (rs *rowsState) Next(dest []driver.Value) error { return rs.next(context.Background(), dest) }
+
+// HasNextResultSet implements driver.RowsNextResultSet.
+func (rs *rowsState) HasNextResultSet() bool {
+	r, ok := rs.current().(driver.RowsNextResultSet)
+	return ok && r.HasNextResultSet()
+}
+
+// NextResultSet implements driver.RowsNextResultSet. An error here (the
+// second statement of a multi-statement query, or of a procedure) is one of
+// the transaction's like any other.
+func (rs *rowsState) NextResultSet() error {
+	r, ok := rs.current().(driver.RowsNextResultSet)
+	if !ok {
+		return io.EOF
+	}
+	rs.handed = true // a new result set: this query is not run again
+	err := r.NextResultSet()
+	if err != nil && err != io.EOF {
+		rs.ic.stmtFailed(context.Background(), err, rs.ic.scope(context.Background(), Classify(err)))
+		return rs.ic.wrap(err)
+	}
+	return err
+}
+
+// ColumnTypeScanType implements driver.RowsColumnTypeScanType.
+func (rs *rowsState) ColumnTypeScanType(i int) reflect.Type {
+	if r, ok := rs.current().(driver.RowsColumnTypeScanType); ok {
+		return r.ColumnTypeScanType(i)
+	}
+	return reflect.TypeFor[any]()
+}
+
+// ColumnTypeDatabaseTypeName implements driver.RowsColumnTypeDatabaseTypeName.
+func (rs *rowsState) ColumnTypeDatabaseTypeName(i int) string {
+	if r, ok := rs.current().(driver.RowsColumnTypeDatabaseTypeName); ok {
+		return r.ColumnTypeDatabaseTypeName(i)
+	}
+	return ""
+}
+
+// ColumnTypeLength implements driver.RowsColumnTypeLength.
+func (rs *rowsState) ColumnTypeLength(i int) (int64, bool) {
+	if r, ok := rs.current().(driver.RowsColumnTypeLength); ok {
+		return r.ColumnTypeLength(i)
+	}
+	return 0, false
+}
+
+// ColumnTypeNullable implements driver.RowsColumnTypeNullable.
+func (rs *rowsState) ColumnTypeNullable(i int) (bool, bool) {
+	if r, ok := rs.current().(driver.RowsColumnTypeNullable); ok {
+		return r.ColumnTypeNullable(i)
+	}
+	return false, false
+}
+
+// ColumnTypePrecisionScale implements driver.RowsColumnTypePrecisionScale.
+func (rs *rowsState) ColumnTypePrecisionScale(i int) (int64, int64, bool) {
+	if r, ok := rs.current().(driver.RowsColumnTypePrecisionScale); ok {
+		return r.ColumnTypePrecisionScale(i)
+	}
+	return 0, 0, false
 }

@@ -2,25 +2,40 @@ package sqlconflict
 
 import (
 	"context"
+	"crypto/rand"
 	"database/sql/driver"
-	"strings"
+	"encoding/hex"
 )
 
-// savepointName is the wrapper's one savepoint name. A fixed name keeps the
-// statements constant (no allocation), and MySQL replaces a savepoint of the
-// same name, so there a new savepoint costs exactly one round trip.
-const savepointName = "sqlconflict_sp"
+// spSQL is the wrapper's savepoint statements. The name is the same for a
+// connector's connections, so the statements are built once and cost no
+// allocation; MySQL replaces a savepoint of the same name, so there a new
+// savepoint costs exactly one round trip. A random part keeps it from
+// colliding with an application's savepoint, which MySQL would replace just
+// as silently.
+type spSQL struct {
+	name, savepoint, release, releaseSavepoint, rollbackTo string
+}
 
-const (
-	sqlSavepoint         = "SAVEPOINT " + savepointName
-	sqlRelease           = "RELEASE SAVEPOINT " + savepointName
-	sqlReleaseSavepoint  = sqlRelease + "; " + sqlSavepoint // PostgreSQL: one round trip
-	sqlRollbackSavepoint = "ROLLBACK TO SAVEPOINT " + savepointName
-)
+func newSavepointSQL() spSQL {
+	var b [6]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	name := "sqlconflict_sp_" + hex.EncodeToString(b[:])
+	return spSQL{
+		name:             name,
+		savepoint:        "SAVEPOINT " + name,
+		release:          "RELEASE SAVEPOINT " + name,
+		releaseSavepoint: "RELEASE SAVEPOINT " + name + "; SAVEPOINT " + name, // PostgreSQL: one round trip
+		rollbackTo:       "ROLLBACK TO SAVEPOINT " + name,
+	}
+}
 
-// guard reports whether a statement in a transaction runs behind a savepoint.
-func (ic *interceptor) guard(ctx context.Context, k stmtKind, query string) bool {
-	if ic.cfg.Savepoints != SavepointsWrites || !isWrite(k, query) {
+// guard reports whether a statement in a transaction runs behind a
+// savepoint: writes (DML, CTEs that write, locking reads) with
+// conflict_savepoints=writes, within the budget, in a transaction that is
+// still usable.
+func (ic *interceptor) guard(ctx context.Context, c *call) bool {
+	if ic.cfg.Savepoints != SavepointsWrites || ic.tx.failed || !ic.isWrite(c) {
 		return false
 	}
 	if ic.tx.savepoints >= ic.cfg.SavepointBudget {
@@ -34,18 +49,40 @@ func (ic *interceptor) guard(ctx context.Context, k stmtKind, query string) bool
 	return true
 }
 
+// isWrite reports whether a statement takes row locks. DML says so in its
+// first word; a SELECT or WITH is read whole, which only savepoint mode pays.
+func (ic *interceptor) isWrite(c *call) bool {
+	switch c.kind {
+	case stmtWrite:
+		return true
+	case stmtSelect, stmtWith:
+		s := lexStmt(c.query, ic.cfg.Dialect)
+		return s.locking || s.writes && c.kind == stmtWith
+	}
+	return false
+}
+
 // savepoint sets the wrapper's savepoint before a guarded write. The previous
 // one is released in the same round trip: on PostgreSQL, as a second
 // statement of the simple query; on MySQL by the name's reuse.
-func (ic *interceptor) savepoint(ctx context.Context) error {
-	q := sqlSavepoint
+func (ic *interceptor) savepoint(ctx context.Context, c *call) error {
+	if ic.tx.pendingSP != "" {
+		pending := ic.tx.pendingSP == c.query
+		ic.tx.pendingSP = ""
+		if pending {
+			// Set for this very statement, which the base connection
+			// declined with ErrSkip; database/sql now runs it prepared.
+			return nil
+		}
+	}
+	q := ic.cfg.sp.savepoint
 	if !ic.tx.released {
 		switch ic.cfg.Dialect {
 		case DialectPostgres:
-			q = sqlReleaseSavepoint
+			q = ic.cfg.sp.releaseSavepoint
 		case DialectMySQL:
 		default: // unknown servers: release explicitly, in its own round trip
-			if err := ic.exec(ctx, sqlRelease); err != nil {
+			if err := ic.exec(ctx, ic.cfg.sp.release); err != nil {
 				return err
 			}
 		}
@@ -58,9 +95,17 @@ func (ic *interceptor) savepoint(ctx context.Context) error {
 	return nil
 }
 
-// rollbackTo undoes the failed guarded statement. The savepoint survives it.
-func (ic *interceptor) rollbackTo(ctx context.Context) error {
-	return ic.exec(ctx, sqlRollbackSavepoint)
+// undo rolls a failed guarded statement back to its savepoint, which
+// survives it, and reports whether that worked. If it did not, the
+// transaction is in an unknown state and is treated as ended by err.
+func (ic *interceptor) undo(ctx context.Context, err error, cl Class, attempt int) bool {
+	if rerr := ic.exec(ctx, ic.cfg.sp.rollbackTo); rerr != nil {
+		ic.txFailed(ctx, err, Class{Kind: cl.Kind, Scope: ScopeTransaction, Dialect: cl.Dialect, Code: cl.Code})
+		return false
+	}
+	ic.event(EventSavepointRollback, cl, attempt)
+	ic.onConflict(ctx, cl)
+	return true
 }
 
 // exec runs one of the wrapper's own statements on the base connection.
@@ -83,197 +128,59 @@ func (ic *interceptor) exec(ctx context.Context, q string) error {
 	return err
 }
 
-// beforeTxStmt runs before each statement inside a transaction.
-func (ic *interceptor) beforeTxStmt(ctx context.Context, k stmtKind) error {
+// beforeTxStmt runs before each statement inside a transaction: the doomed
+// transaction's guard, and the savepoint.
+func (ic *interceptor) beforeTxStmt(ctx context.Context, c *call) error {
 	if ic.tx.doomed != nil {
-		switch {
-		case k == stmtRollbackTo && ic.tx.recoverable:
-			// The application undoes the failure with its own savepoint.
-			ic.tx.released = true
+		switch c.kind {
+		case stmtRollback:
 			return nil
-		case k == stmtRollback:
-			return nil
-		case k == stmtCommit:
+		case stmtCommit:
 			// A COMMIT sent as a statement must not commit what follows a
 			// doom (MariaDB's new implicit transaction).
 			err := ic.aborted()
 			_ = ic.exec(ctx, "ROLLBACK")
-			ic.endTx()
+			chains, said := chain(c.query)
+			ic.endTx(chains || !said && ic.sess.chains)
 			return err
 		}
 		return ic.aborted()
 	}
-	if (k == stmtSavepoint || k == stmtRollbackTo) && !ic.tx.released {
+	if (c.kind == stmtSavepoint || c.kind == stmtRollbackTo) && !ic.tx.released {
 		// The application's own savepoints would otherwise nest inside ours,
 		// and our next RELEASE would release them too.
 		if ic.cfg.Dialect != DialectMySQL {
-			if err := ic.exec(ctx, sqlRelease); err != nil {
+			if err := ic.exec(ctx, ic.cfg.sp.release); err != nil {
 				ic.txFailed(ctx, err, Classify(err))
 				return ic.wrap(err)
 			}
 		}
 		ic.tx.released = true
 	}
+	if c.guarded = ic.guard(ctx, c); c.guarded {
+		if err := ic.savepoint(ctx, c); err != nil {
+			ic.txFailed(ctx, err, Classify(err))
+			return ic.wrap(err)
+		}
+	}
 	return nil
 }
 
 // afterStmt tracks transaction control and session settings sent as plain
-// statements.
+// statements that succeeded.
 func (ic *interceptor) afterStmt(k stmtKind, query string) {
 	switch k {
 	case stmtBegin:
-		ic.beginTx(ic.nextTxIsolation())
-		ic.noteBegin(query)
+		ic.beginTx(beginIsolation(query))
 	case stmtCommit, stmtRollback:
-		ic.endTx()
+		chains, said := chain(query)
+		ic.endTx(chains || !said && ic.sess.chains)
 	case stmtRollbackTo:
-		if ic.tx.doomed != nil && ic.tx.recoverable {
-			ic.tx.doomed = nil
-		}
+		// The application undid a failure with its own savepoint.
+		ic.tx.failed = false
 	case stmtSet:
 		ic.noteSet(query)
-	case stmtSelect, stmtWith, stmtWrite:
-		ic.noteStmt(k, query)
+	case stmtSelect, stmtWith:
+		ic.tx.iso.read = true
 	}
-}
-
-// stmtKind is the little the wrapper needs to know about a statement.
-type stmtKind uint8
-
-const (
-	stmtOther stmtKind = iota
-	stmtSelect
-	stmtWrite // INSERT, UPDATE, DELETE, MERGE, REPLACE, UPSERT
-	stmtWith  // a CTE: a write if it contains one
-	stmtSavepoint
-	stmtRollbackTo
-	stmtBegin
-	stmtCommit
-	stmtRollback
-	stmtSet
-)
-
-// parseStmt reads the statement's first keywords. It never allocates.
-func parseStmt(q string) stmtKind {
-	w, rest := firstWord(q)
-	switch {
-	case strings.EqualFold(w, "SELECT"):
-		return stmtSelect
-	case strings.EqualFold(w, "INSERT"), strings.EqualFold(w, "UPDATE"), strings.EqualFold(w, "DELETE"),
-		strings.EqualFold(w, "MERGE"), strings.EqualFold(w, "REPLACE"), strings.EqualFold(w, "UPSERT"):
-		return stmtWrite
-	case strings.EqualFold(w, "WITH"):
-		return stmtWith
-	case strings.EqualFold(w, "SAVEPOINT"), strings.EqualFold(w, "RELEASE"):
-		return stmtSavepoint
-	case strings.EqualFold(w, "ROLLBACK"):
-		w, rest = firstWord(rest)
-		if strings.EqualFold(w, "WORK") || strings.EqualFold(w, "TRANSACTION") {
-			w, _ = firstWord(rest)
-		}
-		if strings.EqualFold(w, "TO") {
-			return stmtRollbackTo
-		}
-		return stmtRollback
-	case strings.EqualFold(w, "ABORT"):
-		return stmtRollback
-	case strings.EqualFold(w, "COMMIT"), strings.EqualFold(w, "END"):
-		return stmtCommit
-	case strings.EqualFold(w, "BEGIN"):
-		return stmtBegin
-	case strings.EqualFold(w, "START"):
-		if w, _ = firstWord(rest); strings.EqualFold(w, "TRANSACTION") {
-			return stmtBegin
-		}
-	case strings.EqualFold(w, "SET"), strings.EqualFold(w, "RESET"):
-		return stmtSet
-	}
-	return stmtOther
-}
-
-// isWrite reports whether a statement takes row locks: DML, CTEs that
-// contain DML, and locking reads.
-func isWrite(k stmtKind, q string) bool {
-	switch k {
-	case stmtWrite:
-		return true
-	case stmtSelect:
-		return isLockingRead(q)
-	case stmtWith:
-		return hasWord(q, "INSERT") || hasWord(q, "UPDATE") || hasWord(q, "DELETE") ||
-			hasWord(q, "MERGE") || hasWord(q, "SHARE")
-	}
-	return false
-}
-
-// isLockingRead reports SELECT ... FOR UPDATE / FOR SHARE / FOR NO KEY UPDATE
-// / FOR KEY SHARE / LOCK IN SHARE MODE. A word match can be fooled by a
-// literal; the cost of that is one needless savepoint.
-func isLockingRead(q string) bool {
-	return hasWord(q, "UPDATE") || hasWord(q, "SHARE")
-}
-
-// firstWord skips blanks, comments and opening parentheses and returns the
-// next run of letters and the text after it.
-func firstWord(q string) (string, string) {
-	for {
-		var ok bool
-		if q, ok = skipBlanks(q); !ok || q == "" {
-			return "", ""
-		}
-		if q[0] != '(' {
-			break
-		}
-		q = q[1:]
-	}
-	j := 0
-	for j < len(q) && isLetter(q[j]) {
-		j++
-	}
-	return q[:j], q[j:]
-}
-
-// skipBlanks returns s from its first byte that is neither blank nor inside
-// a comment (--, # and /* */); false for an unterminated /* comment.
-func skipBlanks(s string) (string, bool) {
-	for len(s) > 0 {
-		switch c := s[0]; {
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
-			s = s[1:]
-		case c == '#' || c == '-' && len(s) > 1 && s[1] == '-':
-			i := strings.IndexByte(s, '\n')
-			if i < 0 {
-				return "", true
-			}
-			s = s[i:]
-		case c == '/' && len(s) > 1 && s[1] == '*':
-			end := strings.Index(s[2:], "*/")
-			if end < 0 {
-				return "", false
-			}
-			s = s[end+4:]
-		default:
-			return s, true
-		}
-	}
-	return s, true
-}
-
-// isLetter reports identifier characters, so that words end where they do.
-func isLetter(c byte) bool {
-	return c|0x20 >= 'a' && c|0x20 <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '$'
-}
-
-// hasWord reports whether q contains w (upper case ASCII) as a whole word,
-// ignoring case.
-func hasWord(q, w string) bool {
-	for i := 0; i+len(w) <= len(q); i++ {
-		if (i > 0 && isLetter(q[i-1])) || q[i]|0x20 != w[0]|0x20 {
-			continue
-		}
-		if strings.EqualFold(q[i:i+len(w)], w) && (i+len(w) == len(q) || !isLetter(q[i+len(w)])) {
-			return true
-		}
-	}
-	return false
 }

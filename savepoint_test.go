@@ -28,6 +28,12 @@ var (
 // mockDB opens a wrapped go-sqlmock connection with exact statement matching
 // and one connection, so expectations are a single sequence.
 func mockDB(t *testing.T, opts Options) (*sql.DB, sqlmock.Sqlmock) {
+	db, mock, _ := mockDBSP(t, opts)
+	return db, mock
+}
+
+// mockDBSP is mockDB that also returns the connector's savepoint statements.
+func mockDBSP(t *testing.T, opts Options) (*sql.DB, sqlmock.Sqlmock, spSQL) {
 	t.Helper()
 	dsn := "mock_" + t.Name()
 	raw, mock, err := sqlmock.NewWithDSN(dsn, sqlmock.QueryMatcherOption(sqlmock.QueryMatcherEqual))
@@ -47,7 +53,7 @@ func mockDB(t *testing.T, opts Options) (*sql.DB, sqlmock.Sqlmock) {
 			t.Error(err)
 		}
 	})
-	return db, mock
+	return db, mock, c.(*connector).cfg.sp
 }
 
 func fastOptions(d Dialect) Options {
@@ -62,21 +68,21 @@ func fastOptions(d Dialect) Options {
 func exact(q string) string { return q } // sqlmock.QueryMatcherEqual: statements as sent
 
 func TestSavepointSequencePostgres(t *testing.T) {
-	db, mock := mockDB(t, fastOptions(DialectPostgres))
+	db, mock, sp := mockDBSP(t, fastOptions(DialectPostgres))
 	ok := sqlmock.NewResult(0, 1)
 	mock.ExpectBegin()
-	mock.ExpectExec(exact("SAVEPOINT sqlconflict_sp")).WillReturnResult(ok)
+	mock.ExpectExec(exact(sp.savepoint)).WillReturnResult(ok)
 	mock.ExpectExec(exact("INSERT INTO t VALUES (1)")).WillReturnResult(ok)
 	// The previous savepoint's RELEASE rides with the next SAVEPOINT.
-	mock.ExpectExec(exact("RELEASE SAVEPOINT sqlconflict_sp; SAVEPOINT sqlconflict_sp")).WillReturnResult(ok)
+	mock.ExpectExec(exact(sp.releaseSavepoint)).WillReturnResult(ok)
 	mock.ExpectExec(exact("INSERT INTO t VALUES (2)")).WillReturnError(errPGUnique)
-	mock.ExpectExec(exact("ROLLBACK TO SAVEPOINT sqlconflict_sp")).WillReturnResult(ok)
+	mock.ExpectExec(exact(sp.rollbackTo)).WillReturnResult(ok)
 	// Plain reads cost nothing.
 	mock.ExpectQuery(exact("SELECT x FROM t WHERE id = 2")).WillReturnRows(sqlmock.NewRows([]string{"x"}).AddRow(1))
 	// A lock timeout is rolled back to the savepoint and retried behind it.
-	mock.ExpectExec(exact("RELEASE SAVEPOINT sqlconflict_sp; SAVEPOINT sqlconflict_sp")).WillReturnResult(ok)
+	mock.ExpectExec(exact(sp.releaseSavepoint)).WillReturnResult(ok)
 	mock.ExpectExec(exact("UPDATE t SET x = 1")).WillReturnError(errPGLock)
-	mock.ExpectExec(exact("ROLLBACK TO SAVEPOINT sqlconflict_sp")).WillReturnResult(ok)
+	mock.ExpectExec(exact(sp.rollbackTo)).WillReturnResult(ok)
 	mock.ExpectExec(exact("UPDATE t SET x = 1")).WillReturnResult(ok)
 	mock.ExpectCommit()
 
@@ -100,18 +106,18 @@ func TestSavepointSequencePostgres(t *testing.T) {
 }
 
 func TestSavepointSequenceMySQL(t *testing.T) {
-	db, mock := mockDB(t, fastOptions(DialectMySQL))
+	db, mock, sp := mockDBSP(t, fastOptions(DialectMySQL))
 	ok := sqlmock.NewResult(0, 1)
 	mock.ExpectBegin()
 	// MySQL replaces a savepoint of the same name: no RELEASE needed.
-	mock.ExpectExec(exact("SAVEPOINT sqlconflict_sp")).WillReturnResult(ok)
+	mock.ExpectExec(exact(sp.savepoint)).WillReturnResult(ok)
 	mock.ExpectExec(exact("INSERT INTO t VALUES (1)")).WillReturnResult(ok)
-	mock.ExpectExec(exact("SAVEPOINT sqlconflict_sp")).WillReturnResult(ok)
+	mock.ExpectExec(exact(sp.savepoint)).WillReturnResult(ok)
 	mock.ExpectExec(exact("INSERT INTO t VALUES (1)")).WillReturnError(errMyUnique)
-	mock.ExpectExec(exact("ROLLBACK TO SAVEPOINT sqlconflict_sp")).WillReturnResult(ok)
+	mock.ExpectExec(exact(sp.rollbackTo)).WillReturnResult(ok)
 	// A deadlock discards every savepoint on InnoDB: no ROLLBACK TO, and the
 	// transaction is doomed.
-	mock.ExpectExec(exact("SAVEPOINT sqlconflict_sp")).WillReturnResult(ok)
+	mock.ExpectExec(exact(sp.savepoint)).WillReturnResult(ok)
 	mock.ExpectExec(exact("DELETE FROM t")).WillReturnError(errMyDeadlock)
 	mock.ExpectRollback()
 
@@ -142,12 +148,12 @@ func TestSavepointBudget(t *testing.T) {
 	opts := fastOptions(DialectPostgres)
 	opts.SavepointBudget = 2
 	opts.Logger = slog.New(slog.NewTextHandler(&logs, nil))
-	db, mock := mockDB(t, opts)
+	db, mock, sp := mockDBSP(t, opts)
 	ok := sqlmock.NewResult(0, 1)
 	mock.ExpectBegin()
-	mock.ExpectExec(exact("SAVEPOINT sqlconflict_sp")).WillReturnResult(ok)
+	mock.ExpectExec(exact(sp.savepoint)).WillReturnResult(ok)
 	mock.ExpectExec(exact("INSERT INTO t VALUES (1)")).WillReturnResult(ok)
-	mock.ExpectExec(exact("RELEASE SAVEPOINT sqlconflict_sp; SAVEPOINT sqlconflict_sp")).WillReturnResult(ok)
+	mock.ExpectExec(exact(sp.releaseSavepoint)).WillReturnResult(ok)
 	mock.ExpectExec(exact("INSERT INTO t VALUES (2)")).WillReturnResult(ok)
 	mock.ExpectExec(exact("INSERT INTO t VALUES (3)")).WillReturnResult(ok)
 	mock.ExpectExec(exact("INSERT INTO t VALUES (4)")).WillReturnResult(ok)
@@ -168,38 +174,128 @@ func TestSavepointBudget(t *testing.T) {
 	}
 }
 
-// TestDoomedPostgres: an unguarded error dooms the transaction; the
-// application's own ROLLBACK TO SAVEPOINT recovers it, as on the server.
-func TestDoomedPostgres(t *testing.T) {
+// TestPostgresServerAnswers: PostgreSQL refuses the rest of an aborted
+// transaction itself, so the wrapper adds no guard there: each statement
+// reaches the server and gets its answer (25P02), the application's own
+// ROLLBACK TO SAVEPOINT recovers the transaction whatever the error was
+// (22012 here: a code the wrapper does not classify), and Commit returns
+// lib/pq's own ErrInFailedTransaction.
+func TestPostgresServerAnswers(t *testing.T) {
 	opts := fastOptions(DialectPostgres)
 	opts.Savepoints = SavepointsOff
 	db, mock := mockDB(t, opts)
 	ok := sqlmock.NewResult(0, 1)
+	errAborted := &pq.Error{Code: "25P02", Message: "current transaction is aborted"}
+	errDivZero := &pq.Error{Code: "22012", Message: "division by zero"}
 	mock.ExpectBegin()
 	mock.ExpectExec(exact("SAVEPOINT mine")).WillReturnResult(ok)
-	mock.ExpectExec(exact("INSERT INTO t VALUES (1)")).WillReturnError(errPGUnique)
+	mock.ExpectExec(exact("INSERT INTO t VALUES (1/0)")).WillReturnError(errDivZero)
+	mock.ExpectExec(exact("SELECT 1")).WillReturnError(errAborted)
 	mock.ExpectExec(exact("ROLLBACK TO SAVEPOINT mine")).WillReturnResult(ok)
 	mock.ExpectExec(exact("INSERT INTO t VALUES (2)")).WillReturnError(errPGSerial)
-	mock.ExpectRollback()
+	mock.ExpectCommit().WillReturnError(pq.ErrInFailedTransaction)
 
 	tx, err := db.Begin()
 	if err != nil {
 		t.Fatal(err)
 	}
 	mustExec(t, tx, "SAVEPOINT mine")
-	if _, err := tx.Exec("INSERT INTO t VALUES (1)"); err != errPGUnique {
+	if _, err := tx.Exec("INSERT INTO t VALUES (1/0)"); err != errDivZero {
 		t.Fatalf("got %v", err)
 	}
-	if _, err := tx.Exec("SELECT 1"); !errors.Is(err, ErrTxAborted) {
-		t.Fatalf("statement in aborted tx: %v", err)
+	if _, err := tx.Exec("SELECT 1"); err != errAborted {
+		t.Fatalf("statement in aborted tx: %v, want the server's 25P02", err)
 	}
 	mustExec(t, tx, "ROLLBACK TO SAVEPOINT mine")
 	if _, err := tx.Exec("INSERT INTO t VALUES (2)"); err != errPGSerial {
 		t.Fatalf("got %v", err)
 	}
-	err = tx.Commit()
-	if !errors.Is(err, ErrTxAborted) || !IsRetryable(err) {
-		t.Fatalf("Commit after serialization failure: %v (retryable %v)", err, IsRetryable(err))
+	if err := tx.Commit(); err != pq.ErrInFailedTransaction {
+		t.Fatalf("Commit after serialization failure: %v, want lib/pq's ErrInFailedTransaction", err)
+	}
+}
+
+// TestSavepointDeadlockNotRetried: a deadlock or serialization failure
+// behind the wrapper's savepoint is not retried there: rolling back to the
+// savepoint keeps the locks taken before it, so the cycle would form again.
+// On PostgreSQL the transaction is left aborted for a whole-transaction
+// rerun, and the next statement gets the server's answer without a
+// savepoint of the wrapper's in front.
+func TestSavepointDeadlockNotRetried(t *testing.T) {
+	for _, e := range []error{errPGDeadlock, errPGSerial} {
+		t.Run(Classify(e).Kind.String(), func(t *testing.T) { savepointDeadlock(t, e) })
+	}
+}
+
+func savepointDeadlock(t *testing.T, e error) {
+	db, mock, sp := mockDBSP(t, fastOptions(DialectPostgres))
+	ok := sqlmock.NewResult(0, 1)
+	errAborted := &pq.Error{Code: "25P02", Message: "current transaction is aborted"}
+	mock.ExpectBegin()
+	mock.ExpectExec(exact(sp.savepoint)).WillReturnResult(ok)
+	mock.ExpectExec(exact("UPDATE t SET x = 1")).WillReturnError(e)
+	mock.ExpectExec(exact("UPDATE t SET x = 2")).WillReturnError(errAborted)
+	mock.ExpectRollback()
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec("UPDATE t SET x = 1"); err != e {
+		t.Fatalf("got %v, want %v", err, e)
+	}
+	if _, err := tx.Exec("UPDATE t SET x = 2"); err != errAborted {
+		t.Fatalf("got %v, want the server's 25P02", err)
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSavepointLockTimeoutRetries: a lock timeout behind the savepoint is
+// retried conflict_retries times, each retry a new subtransaction counted
+// against the budget, then returned with the transaction still usable.
+func TestSavepointLockTimeoutRetries(t *testing.T) {
+	opts := fastOptions(DialectMySQL)
+	opts.Retries = 2
+	db, mock, sp := mockDBSP(t, opts)
+	ok := sqlmock.NewResult(0, 1)
+	mock.ExpectBegin()
+	mock.ExpectExec(exact(sp.savepoint)).WillReturnResult(ok)
+	mock.ExpectExec(exact("UPDATE t SET x = 1")).WillReturnError(errMyLock)
+	// The first lock wait timeout in a transaction asks, once per
+	// connection, whether the server rolls back the whole transaction then.
+	mock.ExpectQuery(exact(sqlSessionMySQL)).WillReturnRows(sqlmock.NewRows([]string{"Variable_name", "Value"}).
+		AddRow("autocommit", "ON").AddRow("in_transaction", "1").AddRow("innodb_rollback_on_timeout", "OFF"))
+	mock.ExpectExec(exact(sp.rollbackTo)).WillReturnResult(ok)
+	for range 2 {
+		mock.ExpectExec(exact("UPDATE t SET x = 1")).WillReturnError(errMyLock)
+		mock.ExpectExec(exact(sp.rollbackTo)).WillReturnResult(ok)
+	}
+	mock.ExpectExec(exact(sp.savepoint)).WillReturnResult(ok)
+	mock.ExpectExec(exact("UPDATE t SET x = 2")).WillReturnResult(ok)
+	mock.ExpectCommit()
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec("UPDATE t SET x = 1"); err != errMyLock {
+		t.Fatalf("got %v", err)
+	}
+	mustExec(t, tx, "UPDATE t SET x = 2")
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSavepointNamePerConnector: the wrapper's savepoint name carries a
+// random part, so an application's savepoint cannot collide with it.
+func TestSavepointNamePerConnector(t *testing.T) {
+	a, b := newSavepointSQL(), newSavepointSQL()
+	if a.name == b.name || !strings.HasPrefix(a.name, "sqlconflict_sp_") || len(a.name) != len("sqlconflict_sp_")+12 {
+		t.Fatalf("names %q and %q", a.name, b.name)
+	}
+	if a.releaseSavepoint != "RELEASE SAVEPOINT "+a.name+"; SAVEPOINT "+a.name {
+		t.Fatalf("releaseSavepoint %q", a.releaseSavepoint)
 	}
 }
 
@@ -207,10 +303,10 @@ func TestDoomedPostgres(t *testing.T) {
 // back instead.
 func TestDoomedManualCommit(t *testing.T) {
 	opts := fastOptions(DialectMySQL)
-	db, mock := mockDB(t, opts)
+	db, mock, sp := mockDBSP(t, opts)
 	ok := sqlmock.NewResult(0, 1)
 	mock.ExpectExec(exact("START TRANSACTION")).WillReturnResult(ok)
-	mock.ExpectExec(exact("SAVEPOINT sqlconflict_sp")).WillReturnResult(ok)
+	mock.ExpectExec(exact(sp.savepoint)).WillReturnResult(ok)
 	mock.ExpectExec(exact("UPDATE t SET x = 1")).WillReturnError(errMyDeadlock)
 	mock.ExpectExec(exact("ROLLBACK")).WillReturnResult(ok)
 	mock.ExpectExec(exact("INSERT INTO t VALUES (1)")).WillReturnResult(ok) // autocommit again afterwards
@@ -238,47 +334,5 @@ func mustExecConn(t *testing.T, c *sql.Conn, q string) {
 	t.Helper()
 	if _, err := c.ExecContext(context.Background(), q); err != nil {
 		t.Fatalf("%s: %v", q, err)
-	}
-}
-
-func TestParseStmt(t *testing.T) {
-	for _, tc := range []struct {
-		q     string
-		kind  stmtKind
-		write bool
-	}{
-		{"SELECT 1", stmtSelect, false},
-		{"  /* c */ select * from t for update", stmtSelect, true},
-		{"SELECT * FROM t FOR NO KEY UPDATE", stmtSelect, true},
-		{"SELECT * FROM t LOCK IN SHARE MODE", stmtSelect, true},
-		{"select updated_at, shared from t", stmtSelect, false},
-		{"-- x\nINSERT INTO t VALUES (1)", stmtWrite, true},
-		{"(SELECT 1)", stmtSelect, false},
-		{"update t set x=1", stmtWrite, true},
-		{"Delete from t", stmtWrite, true},
-		{"REPLACE INTO t VALUES (1)", stmtWrite, true},
-		{"MERGE INTO t USING s ON true WHEN MATCHED THEN DO NOTHING", stmtWrite, true},
-		{"WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x", stmtWith, true},
-		{"WITH x AS (SELECT 1) SELECT * FROM x", stmtWith, false},
-		{"SAVEPOINT a", stmtSavepoint, false},
-		{"RELEASE SAVEPOINT a", stmtSavepoint, false},
-		{"ROLLBACK TO SAVEPOINT a", stmtRollbackTo, false},
-		{"rollback work to a", stmtRollbackTo, false},
-		{"ROLLBACK", stmtRollback, false},
-		{"ABORT", stmtRollback, false},
-		{"COMMIT", stmtCommit, false},
-		{"END", stmtCommit, false},
-		{"BEGIN", stmtBegin, false},
-		{"START TRANSACTION WITH CONSISTENT SNAPSHOT", stmtBegin, false},
-		{"START SLAVE", stmtOther, false},
-		{"SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED", stmtSet, false},
-		{"CREATE TABLE t (x int)", stmtOther, false},
-		{"", stmtOther, false},
-		{"/* unterminated", stmtOther, false},
-	} {
-		k := parseStmt(tc.q)
-		if k != tc.kind || isWrite(k, tc.q) != tc.write {
-			t.Errorf("parseStmt(%q) = %v write=%v, want %v write=%v", tc.q, k, isWrite(k, tc.q), tc.kind, tc.write)
-		}
 	}
 }
