@@ -61,7 +61,8 @@ func (s server) q(query string) string {
 func servers(t testing.TB) []server {
 	t.Helper()
 	var out []server
-	for _, s := range itest.Servers(t, itest.Drivers{Postgres: DriverPostgres, Pgx: driverPgxTest, MySQL: DriverMySQL}) {
+	pgx := itest.Server{Name: "pgx", Driver: driverPgxTest, Raw: "pgx", Env: itest.EnvPG, IsDriverError: itest.As[*pgconn.PgError]}
+	for _, s := range itest.Servers(t, itest.Drivers{Postgres: DriverPostgres, MySQL: DriverMySQL, Others: []itest.Server{pgx}}) {
 		out = append(out, server{s})
 	}
 	return out

@@ -76,7 +76,8 @@ func TestOpenDBOptions(t *testing.T) {
 // configured.
 func pgServer(t *testing.T) itest.Server {
 	t.Helper()
-	return itest.Servers(t, itest.Drivers{Pgx: sqlconflictpgx.DriverName})[0]
+	pgx := itest.Server{Name: "pgx", Driver: sqlconflictpgx.DriverName, Raw: "pgx", Env: itest.EnvPG, IsDriverError: itest.As[*pgconn.PgError]}
+	return itest.Servers(t, itest.Drivers{Others: []itest.Server{pgx}})[0]
 }
 
 // kvDSN rewrites a URL DSN in key=value form, adding an application_name
