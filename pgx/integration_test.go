@@ -55,7 +55,7 @@ func openWith(t *testing.T, set func(*sqlconflict.Options)) *sql.DB {
 }
 
 // table creates a fresh table named after the test and drops it afterwards.
-func table(t *testing.T, db *sql.DB, suffix, cols string) string {
+func table(t testing.TB, db *sql.DB, suffix, cols string) string {
 	t.Helper()
 	name := strings.Map(func(r rune) rune {
 		if 'a' <= r && r <= 'z' || '0' <= r && r <= '9' {
@@ -73,7 +73,7 @@ func table(t *testing.T, db *sql.DB, suffix, cols string) string {
 	return name
 }
 
-func mustExec(t *testing.T, db interface {
+func mustExec(t testing.TB, db interface {
 	Exec(string, ...any) (sql.Result, error)
 }, q string, args ...any) {
 	t.Helper()
@@ -82,7 +82,7 @@ func mustExec(t *testing.T, db interface {
 	}
 }
 
-func count(t *testing.T, db *sql.DB, q string, args ...any) int {
+func count(t testing.TB, db *sql.DB, q string, args ...any) int {
 	t.Helper()
 	var n int
 	if err := db.QueryRow(q, args...).Scan(&n); err != nil {
