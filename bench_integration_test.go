@@ -187,9 +187,9 @@ func benchTx(ctx context.Context, db *sql.DB, update, sel string) error {
 	return tx.Commit()
 }
 
-// benchBaseConnector returns the base driver's own connector for s (lib/pq,
-// pgx's stdlib or go-sql-driver/mysql), so that a benchCountConnector can
-// sit between it and the wrapper.
+// benchBaseConnector returns the base driver's own connector for s (lib/pq
+// or go-sql-driver/mysql), so that a benchCountConnector can sit between it
+// and the wrapper.
 func benchBaseConnector(b *testing.B, s server) driver.Connector {
 	b.Helper()
 	form := DSNMySQL

@@ -258,18 +258,18 @@ func Classify(err error) Class {
 		return Class{}
 	}
 	// First, so that a doomed transaction is not mistaken for its cause.
-	if e, ok := errors.AsType[*TxAbortedError](err); ok && e != nil {
+	if e := (*TxAbortedError)(nil); errors.As(err, &e) && e != nil {
 		c := Classify(e.Cause)
 		c.Kind, c.Scope = KindTxAborted, ScopeTransaction
 		return c
 	}
-	if e, ok := errors.AsType[*pq.Error](err); ok && e != nil {
+	if e := (*pq.Error)(nil); errors.As(err, &e) && e != nil {
 		return classifyPostgres(string(e.Code), e.Constraint, e.Table, e.Column)
 	}
-	if e, ok := errors.AsType[*mysql.MySQLError](err); ok && e != nil {
+	if e := (*mysql.MySQLError)(nil); errors.As(err, &e) && e != nil {
 		return classifyMySQL(e)
 	}
-	if e, ok := errors.AsType[sqlStater](err); ok && !isNilPointer(e) {
+	if e := sqlStater(nil); errors.As(err, &e) && !isNilPointer(e) {
 		constraint, table, column := pgxFields(e)
 		return classifyPostgres(e.SQLState(), constraint, table, column)
 	}
@@ -431,7 +431,7 @@ func classifyOther(err error) Class {
 		errors.Is(err, syscall.ECONNREFUSED), isPgxConnError(err):
 		return Class{Kind: KindConnectionLost, Scope: ScopeUnknownOutcome}
 	}
-	if _, ok := errors.AsType[net.Error](err); ok {
+	if e := net.Error(nil); errors.As(err, &e) {
 		return Class{Kind: KindConnectionLost, Scope: ScopeUnknownOutcome}
 	}
 	return Class{}
@@ -440,10 +440,10 @@ func classifyOther(err error) Class {
 // isPgxConnError recognises pgconn's "conn closed" (a statement on a
 // connection that died) and *pgconn.ConnectError, without importing pgx.
 func isPgxConnError(err error) bool {
-	if e, ok := errors.AsType[interface {
+	if e := (interface {
 		error
 		SafeToRetry() bool
-	}](err); ok && !isNilPointer(e) && e.Error() == "conn closed" {
+	})(nil); errors.As(err, &e) && !isNilPointer(e) && e.Error() == "conn closed" {
 		return true
 	}
 	for e := err; e != nil; e = errors.Unwrap(e) {

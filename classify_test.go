@@ -451,14 +451,14 @@ func TestError(t *testing.T) {
 	if !errors.Is(err, ErrUniqueViolation) || errors.Is(err, ErrDeadlock) {
 		t.Error("errors.Is through fmt.Errorf")
 	}
-	if got, ok := errors.AsType[*pq.Error](err); !ok || got != pqErr {
-		t.Errorf("errors.As *pq.Error = %v, %v", got, ok)
+	if got := (*pq.Error)(nil); !errors.As(err, &got) || got != pqErr {
+		t.Errorf("errors.As *pq.Error = %v", got)
 	}
-	if e, ok := errors.AsType[*Error](err); !ok || e.Err.(*pq.Error) != pqErr {
+	if e := (*Error)(nil); !errors.As(err, &e) || e.Err.(*pq.Error) != pqErr {
 		t.Error("e.Err.(*pq.Error)")
 	}
-	if got, ok := errors.AsType[*mysql.MySQLError](wrapError(myErr)); !ok || got != myErr {
-		t.Errorf("errors.As *mysql.MySQLError = %v, %v", got, ok)
+	if got := (*mysql.MySQLError)(nil); !errors.As(wrapError(myErr), &got) || got != myErr {
+		t.Errorf("errors.As *mysql.MySQLError = %v", got)
 	}
 	if !errors.Is(wrapError(myErr), ErrDeadlock) {
 		t.Error("errors.Is(ErrDeadlock)")
@@ -493,7 +493,7 @@ func TestTxAbortedError(t *testing.T) {
 	if !errors.Is(err, ErrTxAborted) {
 		t.Error("errors.Is(ErrTxAborted)")
 	}
-	if got, ok := errors.AsType[*pq.Error](err); !ok || got != deadlock {
+	if got := (*pq.Error)(nil); !errors.As(err, &got) || got != deadlock {
 		t.Error("errors.As *pq.Error through TxAbortedError")
 	}
 	if s := (&TxAbortedError{Cause: deadlock}).Error(); s != "sqlconflict: transaction aborted by an earlier error: "+deadlock.Error() {

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/lib/pq"
 	"github.com/sqlconflict/sqlconflict/internal/itest"
 )
@@ -24,13 +23,9 @@ type server struct{ itest.Server }
 // driverError reports whether err is the base driver's own error type,
 // unwrapped, and names that type.
 func (s server) driverError(err error) (bool, string) {
-	switch s.Name {
-	case "postgres":
+	if s.PG() {
 		_, ok := err.(*pq.Error)
 		return ok, "*pq.Error"
-	case "pgx":
-		_, ok := err.(*pgconn.PgError)
-		return ok, "*pgconn.PgError"
 	}
 	_, ok := err.(*mysql.MySQLError)
 	return ok, "*mysql.MySQLError"
@@ -56,12 +51,12 @@ func (s server) q(query string) string {
 }
 
 // servers returns the configured integration servers, skipping the test if
-// none is. SQLCONFLICT_PG_DSN names two: PostgreSQL through lib/pq and
-// through pgx's stdlib.
+// none is: PostgreSQL through lib/pq, and MySQL/MariaDB. (pgx/ has
+// integration tests of its own through pgx's stdlib.)
 func servers(t testing.TB) []server {
 	t.Helper()
 	var out []server
-	for _, s := range itest.Servers(t, itest.Drivers{Postgres: DriverPostgres, Pgx: driverPgxTest, MySQL: DriverMySQL}) {
+	for _, s := range itest.Servers(t, itest.Drivers{Postgres: DriverPostgres, MySQL: DriverMySQL}) {
 		out = append(out, server{s})
 	}
 	return out
@@ -286,8 +281,8 @@ func TestIntegrationWrapErrors(t *testing.T) {
 // unique violation inside a transaction undoes only the failed INSERT, so
 // the re-read that get-or-create does next, and further writes, run in the
 // same transaction. The writes after the first send PostgreSQL the
-// two-statement "RELEASE SAVEPOINT ...; SAVEPOINT ..." that pgx must run
-// through its simple protocol.
+// two-statement "RELEASE SAVEPOINT ...; SAVEPOINT ..." (which pgx must run
+// through its simple protocol: pgx/'s TestIntegrationSavepointWrites).
 func TestIntegrationSavepointUniqueReread(t *testing.T) {
 	eachServer(t, func(t *testing.T, s server) {
 		db := s.open(t, "conflict_savepoints=writes", "conflict_retries=0")

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/sqlconflict/sqlconflict"
 	"github.com/sqlconflict/sqlconflict/internal/itest"
 	sqlconflictpgx "github.com/sqlconflict/sqlconflict/pgx"
@@ -22,7 +23,8 @@ type target struct{ itest.Server }
 // eachTarget runs f as a subtest per configured target, skipping the test
 // if there is none.
 func eachTarget(t *testing.T, f func(t *testing.T, tg target)) {
-	d := itest.Drivers{Postgres: sqlconflict.DriverPostgres, Pgx: sqlconflictpgx.DriverName, MySQL: sqlconflict.DriverMySQL}
+	pgx := itest.Server{Name: "pgx", Driver: sqlconflictpgx.DriverName, Raw: "pgx", Env: itest.EnvPG, IsDriverError: itest.As[*pgconn.PgError]}
+	d := itest.Drivers{Postgres: sqlconflict.DriverPostgres, MySQL: sqlconflict.DriverMySQL, Others: []itest.Server{pgx}}
 	for _, s := range itest.Servers(t, d) {
 		t.Run(s.Name, func(t *testing.T) { f(t, target{s}) })
 	}

@@ -113,3 +113,36 @@ func TestSqlxUniqueViolation(t *testing.T) {
 		}
 	})
 }
+
+// TestSqlxDriverName: what docs/clients.md says of DriverName. sqlx.Open
+// keeps the wrapper's name, which BindDriver (above) does not change, so
+// code branching on DriverName sees "sqlconflict-postgres"; sqlx.NewDb
+// with the base driver's name keeps "postgres", and its bindvars, while
+// the statements still go through the wrapper. sql.Open does not connect:
+// no server needed.
+func TestSqlxDriverName(t *testing.T) {
+	opened, err := sqlx.Open(sqlconflict.DriverPostgres, "postgres://u@localhost/db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer opened.Close()
+	if got := opened.DriverName(); got != sqlconflict.DriverPostgres {
+		t.Errorf("sqlx.Open: DriverName() = %q, want %q", got, sqlconflict.DriverPostgres)
+	}
+
+	sqlDB, err := sql.Open(sqlconflict.DriverPostgres, "postgres://u@localhost/db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sqlDB.Close()
+	db := sqlx.NewDb(sqlDB, "postgres")
+	if got := db.DriverName(); got != "postgres" {
+		t.Errorf("sqlx.NewDb: DriverName() = %q, want postgres", got)
+	}
+	if got := db.Rebind("SELECT ? + ?"); got != "SELECT $1 + $2" {
+		t.Errorf("sqlx.NewDb: Rebind = %q", got)
+	}
+	if _, ok := db.Driver().(*sqlconflict.Driver); !ok {
+		t.Errorf("sqlx.NewDb: driver %T, want the wrapper", db.Driver())
+	}
+}

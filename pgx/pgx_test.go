@@ -1,14 +1,17 @@
 package pgx_test
 
 import (
+	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -74,9 +77,10 @@ func TestOpenDBOptions(t *testing.T) {
 
 // pgServer returns the integration server, skipping the test if it is not
 // configured.
-func pgServer(t *testing.T) itest.Server {
+func pgServer(t testing.TB) itest.Server {
 	t.Helper()
-	return itest.Servers(t, itest.Drivers{Pgx: sqlconflictpgx.DriverName})[0]
+	pgx := itest.Server{Name: "pgx", Driver: sqlconflictpgx.DriverName, Raw: "pgx", Env: itest.EnvPG, IsDriverError: itest.As[*pgconn.PgError]}
+	return itest.Servers(t, itest.Drivers{Others: []itest.Server{pgx}})[0]
 }
 
 // kvDSN rewrites a URL DSN in key=value form, adding an application_name
@@ -184,5 +188,46 @@ func TestIntegrationOptionsApplied(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// TestClassifyConnectError: Classify, which does not import pgx, recognises
+// pgx's *pgconn.ConnectError from a refused connection as a lost connection.
+func TestClassifyConnectError(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = pgx.Connect(ctx, "postgres://u@"+addr+"/db?sslmode=disable&connect_timeout=5")
+	var connectErr *pgconn.ConnectError
+	if !errors.As(err, &connectErr) {
+		t.Fatalf("connect to %s: %T %v, want a *pgconn.ConnectError", addr, err, err)
+	}
+	if cl := sqlconflict.Classify(err); cl.Kind != sqlconflict.KindConnectionLost || cl.Scope != sqlconflict.ScopeUnknownOutcome {
+		t.Errorf("Classify(%v) = %+v, want a lost connection", err, cl)
+	}
+}
+
+// TestIntegrationClassifyConnClosed: Classify recognises pgx's "conn closed",
+// the error of a statement on a connection pgx has closed.
+func TestIntegrationClassifyConnClosed(t *testing.T) {
+	srv := pgServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, srv.DSN)
+	if err != nil {
+		srv.Unreachable(t, err)
+	}
+	conn.Close(ctx)
+	_, err = conn.Exec(ctx, "SELECT 1")
+	if err == nil || err.Error() != "conn closed" {
+		t.Fatalf("Exec on a closed conn: %v, want conn closed", err)
+	}
+	if cl := sqlconflict.Classify(err); cl.Kind != sqlconflict.KindConnectionLost {
+		t.Errorf("Classify(%v) = %+v, want a lost connection", err, cl)
 	}
 }

@@ -1,7 +1,14 @@
 // Package itest is what the integration tests of every package share: which
 // servers to run against, read from the environment, and opening them so
 // that a configured server that does not answer fails the test instead of
-// skipping it. Only tests import it.
+// skipping it. Only tests import it, including those of the nested modules
+// (pgx, sqlite, cmd/sqlconflict-race, clienttest): Go's internal rule is by
+// import path, so they may.
+//
+// It knows the root module's base drivers, lib/pq and go-sql-driver/mysql,
+// and nothing else, so that the root module does not depend on pgx: a
+// package testing another base driver describes it with a [Server] of its
+// own in [Drivers.Others].
 package itest
 
 import (
@@ -14,7 +21,6 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/lib/pq"
 )
 
@@ -27,22 +33,36 @@ const (
 
 // Server is one wrapped driver on one integration server.
 type Server struct {
-	Name   string // "postgres" (lib/pq), "pgx" (pgx's stdlib) or "mysql"
+	Name   string // "postgres" (lib/pq), "mysql", or another's name ("pgx")
 	Driver string // the wrapped driver's name
 	Raw    string // the base driver's name
-	DSN    string
-	Env    string // the variable that named the server
+	DSN    string // filled in by Servers
+	Env    string // the variable that names the server: EnvPG or EnvMySQL
+
+	// IsDriverError reports whether errors.As finds the base driver's error
+	// type in err (see [As]).
+	IsDriverError func(err error) bool
 }
 
-// PG reports a PostgreSQL server, through lib/pq or pgx.
+// PG reports a PostgreSQL server, through lib/pq or another driver.
 func (s Server) PG() bool { return s.Env == EnvPG }
 
 // Drivers names the wrapped drivers to test. An empty name leaves that
 // server out.
 type Drivers struct {
 	Postgres string // over lib/pq
-	Pgx      string // over pgx's stdlib
 	MySQL    string // over go-sql-driver/mysql
+
+	// Others are wrapped drivers over base drivers this package does not
+	// know, such as pgx's stdlib; each runs on the server its Env names,
+	// after Postgres on that server.
+	Others []Server
+}
+
+// As reports whether errors.As finds an E in err: a [Server.IsDriverError].
+func As[E error](err error) bool {
+	var e E
+	return errors.As(err, &e)
 }
 
 // Servers returns the configured servers for the drivers d names, skipping
@@ -50,17 +70,24 @@ type Drivers struct {
 func Servers(t testing.TB, d Drivers) []Server {
 	t.Helper()
 	var out []Server
-	if dsn := os.Getenv(EnvPG); dsn != "" {
-		if d.Postgres != "" {
-			out = append(out, Server{"postgres", d.Postgres, "postgres", dsn, EnvPG})
+	add := func(env string, known Server) {
+		dsn := os.Getenv(env)
+		if dsn == "" {
+			return
 		}
-		if d.Pgx != "" {
-			out = append(out, Server{"pgx", d.Pgx, "pgx", dsn, EnvPG})
+		if known.Driver != "" {
+			known.DSN = dsn
+			out = append(out, known)
+		}
+		for _, s := range d.Others {
+			if s.Env == env {
+				s.DSN = dsn
+				out = append(out, s)
+			}
 		}
 	}
-	if dsn := os.Getenv(EnvMySQL); dsn != "" && d.MySQL != "" {
-		out = append(out, Server{"mysql", d.MySQL, "mysql", dsn, EnvMySQL})
-	}
+	add(EnvPG, Server{Name: "postgres", Driver: d.Postgres, Raw: "postgres", Env: EnvPG, IsDriverError: As[*pq.Error]})
+	add(EnvMySQL, Server{Name: "mysql", Driver: d.MySQL, Raw: "mysql", Env: EnvMySQL, IsDriverError: As[*mysql.MySQLError]})
 	if len(out) == 0 {
 		t.Skipf("integration test: set %s and/or %s (see .ci/run)", EnvPG, EnvMySQL)
 	}
@@ -111,15 +138,4 @@ func (s Server) Unreachable(t testing.TB, err error) {
 
 // AsDriverError reports whether errors.As finds the base driver's error type
 // in err.
-func (s Server) AsDriverError(err error) bool {
-	switch s.Name {
-	case "postgres":
-		_, ok := errors.AsType[*pq.Error](err)
-		return ok
-	case "pgx":
-		_, ok := errors.AsType[*pgconn.PgError](err)
-		return ok
-	}
-	_, ok := errors.AsType[*mysql.MySQLError](err)
-	return ok
-}
+func (s Server) AsDriverError(err error) bool { return s.IsDriverError(err) }
