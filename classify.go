@@ -415,9 +415,9 @@ func classifyOther(err error) Class {
 	// serialization failure, a new transaction will.
 	case errors.Is(err, ErrBlindReread):
 		return Class{Kind: KindSerializationFailure, Scope: ScopeTransaction, Retryable: true}
-	// lib/pq's answer to Commit on a transaction an earlier error aborted
-	// (25P02); it has rolled back.
-	case errors.Is(err, pq.ErrInFailedTransaction):
+	// lib/pq's and pgx's answers to Commit on a transaction an earlier
+	// error aborted (25P02); it has rolled back.
+	case errors.Is(err, pq.ErrInFailedTransaction), hasText(err, pgxCommitRollback):
 		return Class{Kind: KindTxAborted, Scope: ScopeTransaction, Dialect: DialectPostgres}
 	case errors.Is(err, mysql.ErrInvalidConn):
 		return Class{Kind: KindConnectionLost, Scope: ScopeUnknownOutcome, Dialect: DialectMySQL}
@@ -436,6 +436,31 @@ func classifyOther(err error) Class {
 	}
 	return Class{}
 }
+
+// pgxCommitRollback is the text of pgx's ErrTxCommitRollback, recognised
+// without importing pgx.
+const pgxCommitRollback = "commit unexpectedly resulted in rollback"
+
+// hasText reports whether err's tree holds an errors.New error with exactly
+// the text msg.
+func hasText(err error, msg string) bool {
+	switch u := err.(type) {
+	case nil:
+		return false
+	case interface{ Unwrap() error }:
+		return hasText(u.Unwrap(), msg)
+	case interface{ Unwrap() []error }:
+		for _, e := range u.Unwrap() {
+			if hasText(e, msg) {
+				return true
+			}
+		}
+		return false
+	}
+	return reflect.TypeOf(err) == errorStringType && err.Error() == msg
+}
+
+var errorStringType = reflect.TypeOf(errors.New(""))
 
 // isPgxConnError recognises pgconn's "conn closed" (a statement on a
 // connection that died) and *pgconn.ConnectError, without importing pgx.

@@ -382,6 +382,8 @@ func TestClassifyOther(t *testing.T) {
 		{"ECONNREFUSED", syscall.ECONNREFUSED, lost},
 		{"mysql.ErrInvalidConn", mysql.ErrInvalidConn, Class{Kind: KindConnectionLost, Scope: ScopeUnknownOutcome, Dialect: DialectMySQL}},
 		{"pq.ErrInFailedTransaction", pq.ErrInFailedTransaction, Class{Kind: KindTxAborted, Scope: ScopeTransaction, Dialect: DialectPostgres}},
+		{"pgx ErrTxCommitRollback", errors.New("commit unexpectedly resulted in rollback"), Class{Kind: KindTxAborted, Scope: ScopeTransaction, Dialect: DialectPostgres}},
+		{"ErrBlindReread", fmt.Errorf("%w: no rows", ErrBlindReread), Class{Kind: KindSerializationFailure, Scope: ScopeTransaction, Retryable: true}},
 		{"context.Canceled", context.Canceled, canceled},
 		{"context.DeadlineExceeded", context.DeadlineExceeded, canceled},
 		{"other", errors.New("syntax error"), Class{}},

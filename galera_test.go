@@ -232,7 +232,7 @@ var dupEntry = regexp.MustCompile(`Duplicate entry '.*'`)
 func describeGaleraErr(err error) string {
 	cl := Classify(err)
 	what := errName(err)
-	if me, ok := errors.AsType[*mysql.MySQLError](err); ok {
+	if me := (*mysql.MySQLError)(nil); errors.As(err, &me) {
 		what = fmt.Sprintf("%d (%s) %q", me.Number, string(me.SQLState[:]), dupEntry.ReplaceAllString(me.Message, "Duplicate entry '…'"))
 	} else if errors.Is(err, ErrTxAborted) {
 		what = "ErrTxAborted: " + err.Error()
@@ -850,7 +850,7 @@ func TestIntegrationGaleraHalfCommit(t *testing.T) {
 			}
 			defer tx.Rollback()
 			_, insErr := tx.ExecContext(ctx, "INSERT INTO "+tbl+" (id) VALUES (1), (2), (3), (4)")
-			if me, ok := errors.AsType[*mysql.MySQLError](insErr); !ok || me.Number != 1180 {
+			if me := (*mysql.MySQLError)(nil); !errors.As(insErr, &me) || me.Number != 1180 {
 				t.Fatalf("4-row INSERT: %v, want error 1180 (wsrep_max_ws_rows exceeded)", insErr)
 			}
 			t.Logf("4-row INSERT: %s", describeGaleraErr(insErr))
