@@ -62,6 +62,28 @@ func servers(t testing.TB) []server {
 	return out
 }
 
+// pgServer returns the PostgreSQL server, for a test of PostgreSQL's
+// behaviour; false (and a skip) when only MySQL is configured.
+func pgServer(t *testing.T) (server, bool) {
+	return serverWhere(t, true)
+}
+
+// mysqlServer is pgServer for MySQL/MariaDB.
+func mysqlServer(t *testing.T) (server, bool) {
+	return serverWhere(t, false)
+}
+
+func serverWhere(t *testing.T, pg bool) (server, bool) {
+	t.Helper()
+	for _, s := range servers(t) {
+		if s.PG() == pg {
+			return s, true
+		}
+	}
+	t.Skipf("this test needs %s", map[bool]string{true: itest.EnvPG, false: itest.EnvMySQL}[pg])
+	return server{}, false
+}
+
 // eachServer runs f as a subtest per configured server.
 func eachServer(t *testing.T, f func(t *testing.T, s server)) {
 	for _, s := range servers(t) {
