@@ -111,7 +111,12 @@ var runID = fmt.Sprintf("%x", os.Getpid()&0xffffff)
 // cols is the column list, in the server's syntax.
 func (s server) table(t testing.TB, db *sql.DB, suffix, cols string) string {
 	t.Helper()
-	name := strings.ToLower(strings.NewReplacer("/", "_", "-", "_", " ", "_", "#", "_").Replace(t.Name()))
+	name := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			return r
+		}
+		return '_'
+	}, strings.ToLower(t.Name()))
 	if len(name) > 36 {
 		name = name[len(name)-36:]
 	}

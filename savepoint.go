@@ -148,8 +148,11 @@ func (ic *interceptor) beforeTxStmt(ctx context.Context, c *call) error {
 	}
 	if (c.kind == stmtSavepoint || c.kind == stmtRollbackTo) && !ic.tx.released {
 		// The application's own savepoints would otherwise nest inside ours,
-		// and our next RELEASE would release them too.
-		if ic.cfg.Dialect != DialectMySQL {
+		// and our next RELEASE would release them too. In an aborted
+		// PostgreSQL transaction nothing but ROLLBACK TO runs, and rolling
+		// back to the application's savepoint, which is older than ours,
+		// destroys ours.
+		if ic.cfg.Dialect != DialectMySQL && !ic.tx.failed {
 			if err := ic.exec(ctx, ic.cfg.sp.release); err != nil {
 				ic.txFailed(ctx, err, Classify(err))
 				return ic.wrap(err)
