@@ -108,7 +108,7 @@ func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
 	var base driver.Connector
 	if dc, ok := d.base.(driver.DriverContext); ok {
 		if base, err = dc.OpenConnector(baseDSN); err != nil {
-			return nil, redact(err, dsnPassword(baseDSN))
+			return nil, redact(err, dsnSecrets(baseDSN))
 		}
 	} else {
 		base = dsnConnector{dsn: baseDSN, drv: d.base}
@@ -117,7 +117,7 @@ func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.secret = dsnPassword(baseDSN)
+	c.secrets = dsnSecrets(baseDSN)
 	if form == DSNMySQL {
 		c.cfg.autocommit = dsnAutocommit(baseDSN)
 	}
@@ -133,10 +133,10 @@ func NewConnector(base driver.Connector, opts Options) (driver.Connector, error)
 // connector is the wrapping driver.Connector. It is immutable after
 // construction and shared by every connection it makes.
 type connector struct {
-	base   driver.Connector
-	drv    *Driver
-	cfg    *config
-	secret string // the DSN's password, to keep it out of Connect's errors
+	base    driver.Connector
+	drv     *Driver
+	cfg     *config
+	secrets []string // the DSN's password's forms, to keep them out of Connect's errors
 }
 
 func newConnector(base driver.Connector, drv *Driver, opts Options) (*connector, error) {
@@ -157,7 +157,7 @@ func newConnector(base driver.Connector, drv *Driver, opts Options) (*connector,
 func (c *connector) Connect(ctx context.Context) (driver.Conn, error) {
 	bc, err := c.base.Connect(ctx)
 	if err != nil {
-		return nil, redact(err, c.secret)
+		return nil, redact(err, c.secrets)
 	}
 	ic := &interceptor{cfg: c.cfg}
 	ic.connect(bc)

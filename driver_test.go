@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"slices"
 	"strings"
 	"testing"
 
@@ -176,6 +177,48 @@ func TestDetectDialect(t *testing.T) {
 		want := map[string]Dialect{"postgres": DialectPostgres, "mysql": DialectMySQL}[name]
 		if got != want {
 			t.Errorf("detectDialect(%s) = %v, want %v", name, got, want)
+		}
+	}
+}
+
+// TestDSNSecrets: every form a password can take in an error, as each DSN
+// form writes it and as the driver reads it.
+func TestDSNSecrets(t *testing.T) {
+	for _, tc := range []struct {
+		dsn  string
+		want []string
+	}{
+		{`host=h password='O\'Brien horse battery staple' sslmode=bogus`,
+			[]string{`'O\'Brien horse battery staple'`, "O'Brien horse battery staple", `'O\'Brien`, "O'Brien", "horse", "battery", "staple", "staple'"}},
+		{`host=h password=O\'Brien\ horse sslmode=bogus`,
+			[]string{`O\'Brien\ horse`, "O'Brien horse", `O\'Brien\`, "O'Brien", "horse"}},
+		{"postgres://u:O%27Brien%20horse@h/db", []string{"O%27Brien%20horse", "O'Brien horse", "O'Brien", "horse"}},
+		{"postgres://u@h/db?password=s%20ecret", []string{"s%20ecret", "s ecret", "ecret"}},
+		{"u:s3cret@tcp(h:3306)/db", []string{"s3cret"}},
+		{"host=h user=u", nil},
+		{`host=h password='unterminated`, []string{`'unterminated`, "unterminated"}},
+	} {
+		got := dsnSecrets(tc.dsn)
+		for _, w := range tc.want {
+			if !slices.Contains(got, w) {
+				t.Errorf("dsnSecrets(%q) = %q, missing %q", tc.dsn, got, w)
+			}
+		}
+		if len(tc.want) == 0 && len(got) != 0 {
+			t.Errorf("dsnSecrets(%q) = %q, want none", tc.dsn, got)
+		}
+		for i := 1; i < len(got); i++ {
+			if len(got[i]) > len(got[i-1]) {
+				t.Errorf("dsnSecrets(%q) = %q: not longest first", tc.dsn, got)
+			}
+		}
+	}
+	// pgx quotes the DSN with its own redaction, which stops at a blank.
+	pgxMsg := "cannot parse `host=h password=xxxxx horse battery staple' sslmode=bogus`: failed to configure TLS"
+	got := redactString(pgxMsg, dsnSecrets(`host=h password='O\'Brien horse battery staple' sslmode=bogus`))
+	for _, w := range []string{"horse", "battery", "staple", "Brien"} {
+		if strings.Contains(got, w) {
+			t.Errorf("redacted %q still holds %q", got, w)
 		}
 	}
 }

@@ -48,6 +48,32 @@ func TestOpenBadOption(t *testing.T) {
 	}
 }
 
+// TestPasswordRedactedEscaped: pgx quotes a DSN it cannot parse with its
+// own redaction of the password, which ends at the first blank of a quoted
+// or backslash-escaped password; the wrapper redacts the whole value, as
+// libpq reads it.
+func TestPasswordRedactedEscaped(t *testing.T) {
+	for _, dsn := range []string{
+		`host=127.0.0.1 password='O\'Brien horse battery staple' sslmode=bogus`,
+		`host=127.0.0.1 password=O\'Brien\ horse\ battery\ staple sslmode=bogus`,
+		`postgres://u:O%27Brien%20horse%20battery%20staple@127.0.0.1/db?sslmode=bogus`,
+	} {
+		db, err := sql.Open(sqlconflictpgx.DriverName, dsn)
+		if err == nil {
+			err = db.Ping()
+			db.Close()
+		}
+		if err == nil {
+			t.Fatalf("%s: no error", dsn)
+		}
+		for _, w := range []string{"Brien", "horse", "battery", "staple"} {
+			if strings.Contains(err.Error(), w) {
+				t.Errorf("error %q shows the password's %q", err, w)
+			}
+		}
+	}
+}
+
 func TestOpenDBOptions(t *testing.T) {
 	config, err := pgx.ParseConfig("postgres://u@localhost/db?conflict_retries=x")
 	if err != nil {
