@@ -34,6 +34,16 @@ const (
 	KindQueryCanceled
 	KindTxAborted
 	KindConnectionLost
+	// KindUnavailable: the server could not be reached or would not serve
+	// (a refused connection, too many connections, a node that is starting
+	// up, shutting down or out of its cluster's primary component): nothing
+	// was done, and trying again later, or on another node, may work.
+	KindUnavailable
+	// KindReadOnly: the server refused a write because it is read-only (a
+	// replica, often after a failover) or the transaction is: nothing was
+	// done. The connection is discarded when it returns to the pool, so
+	// that the next attempt connects anew, to wherever the primary is now.
+	KindReadOnly
 )
 
 var kindNames = [...]string{
@@ -51,6 +61,8 @@ var kindNames = [...]string{
 	KindQueryCanceled:        "query canceled",
 	KindTxAborted:            "transaction aborted",
 	KindConnectionLost:       "connection lost",
+	KindUnavailable:          "server unavailable",
+	KindReadOnly:             "read only",
 }
 
 // String returns a lower-case description such as "unique violation".
@@ -130,7 +142,8 @@ type Class struct {
 	// Retryable: re-running the statement (ScopeStatement) or the whole
 	// transaction (ScopeTransaction) may succeed and the failed attempt had
 	// no effect. True exactly for deadlocks, serialization failures, lock
-	// timeouts, and KindTxAborted whose cause is one of those.
+	// timeouts, an unavailable server, and KindTxAborted whose cause is one
+	// of those.
 	Retryable  bool
 	Dialect    Dialect
 	Code       string // MySQL error number or SQLite extended result code in decimal ("1062", "2067"), or the PostgreSQL SQLSTATE ("23505")
@@ -168,7 +181,11 @@ var (
 		// The server ended the session (restart, crash, failover).
 		"57P01": {Kind: KindConnectionLost, Scope: ScopeUnknownOutcome}, // admin_shutdown
 		"57P02": {Kind: KindConnectionLost, Scope: ScopeUnknownOutcome}, // crash_shutdown
-		"57P03": {Kind: KindConnectionLost, Scope: ScopeUnknownOutcome}, // cannot_connect_now
+		// The server would not take the connection: nothing was sent.
+		"57P03": {Kind: KindUnavailable, Scope: ScopeStatement, Retryable: true}, // cannot_connect_now
+		"53300": {Kind: KindUnavailable, Scope: ScopeStatement, Retryable: true}, // too_many_connections
+		// A hot standby, or default_transaction_read_only.
+		"25006": {Kind: KindReadOnly, Scope: ScopeStatement}, // read_only_sql_transaction
 	}
 
 	// mysqlCodes maps MySQL, MariaDB and TiDB error numbers. InnoDB rolls
@@ -201,6 +218,40 @@ var (
 		1969: {Kind: KindQueryCanceled, Scope: ScopeStatement, SQLState: "70100"},                           // MariaDB ER_STATEMENT_TIMEOUT
 		2006: {Kind: KindConnectionLost, Scope: ScopeUnknownOutcome, SQLState: "HY000"},                     // CR_SERVER_GONE_ERROR
 		2013: {Kind: KindConnectionLost, Scope: ScopeUnknownOutcome, SQLState: "HY000"},                     // CR_SERVER_LOST
+		// The server would not serve: nothing was done.
+		1040: {Kind: KindUnavailable, Scope: ScopeStatement, Retryable: true, SQLState: "08004"}, // ER_CON_COUNT_ERROR
+		1203: {Kind: KindUnavailable, Scope: ScopeStatement, Retryable: true, SQLState: "42000"}, // ER_TOO_MANY_USER_CONNECTIONS
+		// Galera: the node is not in the primary component, is joining, is
+		// desynced with wsrep_reject_queries, or is shutting down.
+		1047: {Kind: KindUnavailable, Scope: ScopeStatement, Retryable: true, SQLState: "08S01"}, // ER_UNKNOWN_COM_ERROR "WSREP has not yet prepared node"
+		// Writes refused by a read-only server or transaction.
+		1792: {Kind: KindReadOnly, Scope: ScopeStatement, SQLState: "25006"}, // ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
+		1836: {Kind: KindReadOnly, Scope: ScopeStatement, SQLState: "HY000"}, // ER_READ_ONLY_MODE
+	}
+
+	// mysqlMessages maps MySQL numbers that mean different things by their
+	// message: the first row whose text the message contains applies; a
+	// message that matches none is classified by its SQLSTATE.
+	mysqlMessages = map[uint16][]struct {
+		text  string
+		class Class
+	}{
+		1180: { // ER_ERROR_DURING_COMMIT
+			// Galera lost the primary component at COMMIT: in tests here the
+			// transaction had committed on the cluster about half the time.
+			{"Not connected to Primary Component", Class{Kind: KindConnectionLost, Scope: ScopeUnknownOutcome}},
+			// Galera's wsrep_max_ws_rows: the server rolled the transaction
+			// back (@@in_transaction is 0), and a rerun would hit it again.
+			{"wsrep_max_ws_rows exceeded", Class{Kind: KindTransactionRollback, Scope: ScopeTransaction}},
+		},
+		1105: { // ER_UNKNOWN_ERROR
+			// Galera's wsrep_max_ws_size, at COMMIT: rolled back, permanent.
+			{"Maximum writeset size exceeded", Class{Kind: KindTransactionRollback, Scope: ScopeTransaction}},
+		},
+		1290: { // ER_OPTION_PREVENTS_STATEMENT, also for --secure-file-priv and others
+			{"read-only", Class{Kind: KindReadOnly, Scope: ScopeStatement}},
+			{"read_only", Class{Kind: KindReadOnly, Scope: ScopeStatement}},
+		},
 	}
 
 	// sqliteCodes maps SQLite extended result codes, and primary result
@@ -302,6 +353,12 @@ func classifyPostgres(code, constraint, table, column string) Class {
 
 func classifyMySQL(e *mysql.MySQLError) Class {
 	c, known := mysqlCodes[e.Number]
+	for _, m := range mysqlMessages[e.Number] {
+		if strings.Contains(e.Message, m.text) {
+			c, known = m.class, true
+			break
+		}
+	}
 	if e.SQLState != ([5]byte{}) {
 		c.SQLState = string(e.SQLState[:])
 	}
@@ -425,16 +482,25 @@ func classifyOther(err error) Class {
 	// own retries, and a wrapped driver may not honour the "nothing was
 	// sent" contract: treat the outcome as unknown.
 	// io.EOF: lib/pq's answer when the server closes the connection under it.
+	// A refused or failed dial sent nothing.
+	case errors.Is(err, syscall.ECONNREFUSED), isDialError(err):
+		return Class{Kind: KindUnavailable, Scope: ScopeStatement, Retryable: true}
 	case errors.Is(err, ErrConnectionLost), errors.Is(err, driver.ErrBadConn),
 		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
 		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE),
-		errors.Is(err, syscall.ECONNREFUSED), isPgxConnError(err):
+		isPgxConnError(err):
 		return Class{Kind: KindConnectionLost, Scope: ScopeUnknownOutcome}
 	}
 	if e := net.Error(nil); errors.As(err, &e) {
 		return Class{Kind: KindConnectionLost, Scope: ScopeUnknownOutcome}
 	}
 	return Class{}
+}
+
+// isDialError reports a failure to open a connection: nothing was sent.
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
 }
 
 // pgxCommitRollback is the text of pgx's ErrTxCommitRollback, recognised

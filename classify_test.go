@@ -60,7 +60,9 @@ func TestClassifyPostgres(t *testing.T) {
 		{"08000", KindConnectionLost, ScopeUnknownOutcome, false},
 		{"57P01", KindConnectionLost, ScopeUnknownOutcome, false},
 		{"57P02", KindConnectionLost, ScopeUnknownOutcome, false},
-		{"57P03", KindConnectionLost, ScopeUnknownOutcome, false},
+		{"57P03", KindUnavailable, ScopeStatement, true},
+		{"53300", KindUnavailable, ScopeStatement, true},
+		{"25006", KindReadOnly, ScopeStatement, false},
 		{"08006", KindConnectionLost, ScopeUnknownOutcome, false},
 		// Unknown: 21000 is a cardinality violation, not a duplicate key.
 		{"21000", KindUnknown, ScopeNone, false},
@@ -125,6 +127,11 @@ func TestClassifyMySQL(t *testing.T) {
 		{1969, "", KindQueryCanceled, ScopeStatement, false, "70100"},
 		{2006, "", KindConnectionLost, ScopeUnknownOutcome, false, "HY000"},
 		{2013, "", KindConnectionLost, ScopeUnknownOutcome, false, "HY000"},
+		{1040, "", KindUnavailable, ScopeStatement, true, "08004"},
+		{1203, "", KindUnavailable, ScopeStatement, true, "42000"},
+		{1047, "08S01", KindUnavailable, ScopeStatement, true, "08S01"},
+		{1792, "25006", KindReadOnly, ScopeStatement, false, "25006"},
+		{1836, "", KindReadOnly, ScopeStatement, false, "HY000"},
 		// The server's SQLSTATE wins over the table's.
 		{1213, "40001", KindDeadlock, ScopeTransaction, true, "40001"},
 		{9007, "HY000", KindSerializationFailure, ScopeTransaction, true, "HY000"},
@@ -149,6 +156,37 @@ func TestClassifyMySQL(t *testing.T) {
 		for name, err := range wraps(me) {
 			if got := Classify(err); got != want {
 				t.Errorf("%d %q %s: Classify = %+v, want %+v", tt.number, tt.state, name, got, want)
+			}
+		}
+	}
+}
+
+// TestClassifyMySQLMessages: numbers whose meaning is in their message
+// (mysqlMessages), row by row, with the texts the servers send.
+func TestClassifyMySQLMessages(t *testing.T) {
+	tests := []struct {
+		number uint16
+		state  string
+		msg    string
+		kind   Kind
+		scope  Scope
+	}{
+		{1180, "HY000", "Got error 6 \"No such device or address\" during COMMIT", KindUnknown, ScopeNone},
+		{1180, "HY000", "Error while appending streaming replication fragment(provider status: Not connected to Primary Component)", KindConnectionLost, ScopeUnknownOutcome},
+		{1180, "HY000", "Got error 90 \"Message too long\" during COMMIT: wsrep_max_ws_rows exceeded", KindTransactionRollback, ScopeTransaction},
+		{1180, "HY000", "wsrep_max_ws_rows exceeded", KindTransactionRollback, ScopeTransaction},
+		{1105, "HY000", "Maximum writeset size exceeded", KindTransactionRollback, ScopeTransaction},
+		{1105, "HY000", "Unknown error", KindUnknown, ScopeNone},
+		{1290, "HY000", "The MariaDB server is running with the --read-only option so it cannot execute this statement", KindReadOnly, ScopeStatement},
+		{1290, "HY000", "The MySQL server is running with the --super-read-only option so it cannot execute this statement", KindReadOnly, ScopeStatement},
+		{1290, "HY000", "The MySQL server is running with the --secure-file-priv option so it cannot execute this statement", KindUnknown, ScopeNone},
+	}
+	for _, tt := range tests {
+		me := &mysql.MySQLError{Number: tt.number, Message: tt.msg}
+		copy(me.SQLState[:], tt.state)
+		for name, err := range wraps(me) {
+			if got := Classify(err); got.Kind != tt.kind || got.Scope != tt.scope || got.Retryable || got.SQLState != tt.state {
+				t.Errorf("%d %q %s: Classify = %+v, want %v/%v", tt.number, tt.msg, name, got, tt.kind, tt.scope)
 			}
 		}
 	}
@@ -368,6 +406,7 @@ func (fakeConnLockError) SafeToRetry() bool { return true }
 func TestClassifyOther(t *testing.T) {
 	lost := Class{Kind: KindConnectionLost, Scope: ScopeUnknownOutcome}
 	canceled := Class{Kind: KindQueryCanceled, Scope: ScopeUnknownOutcome}
+	unavailable := Class{Kind: KindUnavailable, Scope: ScopeStatement, Retryable: true}
 	tests := []struct {
 		name string
 		err  error
@@ -379,7 +418,9 @@ func TestClassifyOther(t *testing.T) {
 		{"os deadline", os.ErrDeadlineExceeded, lost},
 		{"ECONNRESET", &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ECONNRESET)}, lost},
 		{"EPIPE", syscall.EPIPE, lost},
-		{"ECONNREFUSED", syscall.ECONNREFUSED, lost},
+		{"ECONNREFUSED", syscall.ECONNREFUSED, unavailable},
+		{"refused dial", &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}, unavailable},
+		{"dial timeout", &net.OpError{Op: "dial", Net: "tcp", Err: os.ErrDeadlineExceeded}, unavailable},
 		{"mysql.ErrInvalidConn", mysql.ErrInvalidConn, Class{Kind: KindConnectionLost, Scope: ScopeUnknownOutcome, Dialect: DialectMySQL}},
 		{"pq.ErrInFailedTransaction", pq.ErrInFailedTransaction, Class{Kind: KindTxAborted, Scope: ScopeTransaction, Dialect: DialectPostgres}},
 		{"pgx ErrTxCommitRollback", errors.New("commit unexpectedly resulted in rollback"), Class{Kind: KindTxAborted, Scope: ScopeTransaction, Dialect: DialectPostgres}},
@@ -546,6 +587,8 @@ func TestStrings(t *testing.T) {
 		{KindQueryCanceled, "query canceled", ErrQueryCanceled},
 		{KindTxAborted, "transaction aborted", ErrTxAborted},
 		{KindConnectionLost, "connection lost", ErrConnectionLost},
+		{KindUnavailable, "server unavailable", ErrUnavailable},
+		{KindReadOnly, "read only", ErrReadOnly},
 		{Kind(99), "Kind(99)", nil},
 		{Kind(-1), "Kind(-1)", nil},
 	}

@@ -47,6 +47,12 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	return c.ic.ConnExecContext(ctx, e, query, args)
 }
 
+// IsValid implements [driver.Validator]: database/sql asks it before
+// putting a connection back in the pool.
+func (c *conn) IsValid() bool {
+	return !c.ic.sess.discard && c.mwConn.IsValid()
+}
+
 // ResetSession implements [driver.SessionResetter]: database/sql calls it
 // before reusing a pooled connection.
 func (c *conn) ResetSession(ctx context.Context) error {
@@ -113,6 +119,8 @@ type txState struct {
 	// doomed is the unrecovered error that ended the transaction on a server
 	// that does not guard it itself (not PostgreSQL); see doom.
 	doomed error
+	// unended: the server refused to end the doomed transaction (unended).
+	unended bool
 	// failed: PostgreSQL has aborted the transaction (an error no savepoint
 	// undid); the server refuses the rest, so the wrapper sets no savepoint.
 	failed     bool
@@ -163,7 +171,7 @@ func (ic *interceptor) endTx(chain bool) {
 // transaction that an error already rolled back. driver.ErrBadConn makes
 // database/sql close the connection, which ends that transaction for real.
 func (ic *interceptor) resetSession() error {
-	if ic.tx.doomed != nil {
+	if ic.tx.doomed != nil || ic.sess.discard {
 		return driver.ErrBadConn
 	}
 	if !ic.inTx() {
@@ -223,6 +231,7 @@ func (ic *interceptor) TxCommit(ctx context.Context, tx driver.Tx) error {
 		return &TxAbortedError{Cause: doomed}
 	}
 	if err := tx.Commit(); err != nil {
+		ic.commitFailed(ctx, err)
 		return ic.wrap(err)
 	}
 	return nil
@@ -231,7 +240,46 @@ func (ic *interceptor) TxCommit(ctx context.Context, tx driver.Tx) error {
 // TxRollback implements sqlmw.Interceptor.
 func (ic *interceptor) TxRollback(ctx context.Context, tx driver.Tx) error {
 	ic.endTx(ic.sess.chains)
-	return tx.Rollback()
+	err := tx.Rollback()
+	if err != nil && ic.guards() && Classify(err).Dialect != DialectUnknown {
+		// The server refused the ROLLBACK (a Galera node that stopped
+		// serving): the transaction may still be open on this connection.
+		ic.unended(err)
+	}
+	return err
+}
+
+// commitFailed ends on the server a transaction whose COMMIT failed. On
+// PostgreSQL a failed COMMIT always ends it. MySQL may leave it open (a
+// Galera node that stops serving answers 1047 and keeps it), and the next
+// user of the pooled connection would write into it: the wrapper sends
+// ROLLBACK, which does nothing where the COMMIT had in fact ended the
+// transaction, and discards the connection if even that fails.
+func (ic *interceptor) commitFailed(ctx context.Context, err error) {
+	ic.noteServer(Classify(err))
+	if ic.guards() && ic.exec(ctx, "ROLLBACK") != nil {
+		ic.unended(err)
+	}
+}
+
+// unended records a transaction that failed but may still be open on the
+// server because it refused to roll it back: it stays doomed, so that
+// nothing written next on the connection joins it and is lost with it, until
+// a ROLLBACK gets through (beforeTxStmt tries again) or the connection is
+// discarded.
+func (ic *interceptor) unended(err error) {
+	ic.tx = txState{active: true, doomed: err, unended: true}
+	ic.sess.discard = true
+}
+
+// noteServer marks the connection to be discarded when it returns to the
+// pool after the server said it would not serve it (KindUnavailable) or
+// would not take writes (KindReadOnly): the next attempt connects anew, to
+// a node that serves, or to wherever the primary now is.
+func (ic *interceptor) noteServer(cl Class) {
+	if cl.Kind == KindReadOnly || cl.Kind == KindUnavailable && cl.Dialect != DialectUnknown {
+		ic.sess.discard = true
+	}
 }
 
 // ConnPrepareContext implements sqlmw.Interceptor.

@@ -18,6 +18,8 @@ var (
 	ErrQueryCanceled        = errors.New("sqlconflict: query canceled")
 	ErrTxAborted            = errors.New("sqlconflict: transaction aborted")
 	ErrConnectionLost       = errors.New("sqlconflict: connection lost")
+	ErrUnavailable          = errors.New("sqlconflict: server unavailable")
+	ErrReadOnly             = errors.New("sqlconflict: read only")
 
 	// ErrBlindReread reports that a re-read after a conflict cannot see the
 	// conflicting row because the transaction's snapshot predates it
@@ -54,6 +56,10 @@ func (k Kind) Err() error {
 		return ErrTxAborted
 	case KindConnectionLost:
 		return ErrConnectionLost
+	case KindUnavailable:
+		return ErrUnavailable
+	case KindReadOnly:
+		return ErrReadOnly
 	}
 	return nil
 }

@@ -801,6 +801,13 @@ func rejectedCommitProbe(t *testing.T, g *galera, target int, wrapped bool) {
 	rows := count(t, g.check[(target+1)%3], "SELECT COUNT(*) FROM "+tbl)
 	t.Logf("%s: COMMIT during wsrep_reject_queries=ALL: %s; then @@in_transaction = %d (%v); a later autocommit INSERT on the connection: %v; rows committed now: %d",
 		name, errOrOK(commitErr), inTx, inTxErr, errOrOK(laterErr), rows)
+	// The raw driver leaves the refused transaction open, and the later
+	// acknowledged INSERT joins it and is lost. The wrapper rolls the
+	// refused transaction back (at the next statement, once the node
+	// serves again), so the INSERT runs in autocommit.
+	if wrapped && (Classify(commitErr).Kind != KindUnavailable || inTx != 0 || laterErr != nil || rows != 1) {
+		t.Errorf("wrapped: COMMIT %v, @@in_transaction %d, later INSERT %v, %d rows; want 1047, 0, nil, 1", commitErr, inTx, laterErr, rows)
+	}
 }
 
 // (e3) The node the workload writes through is cut off from the others
@@ -892,4 +899,49 @@ func errOrOK(err error) string {
 		return "ok"
 	}
 	return describeGaleraErr(err)
+}
+
+// TestIntegrationGaleraReadOnlyNode: a node set read-only (as a demoted
+// primary is) refuses an application's writes with 1290, which is
+// KindReadOnly; the wrapper does not reuse the connection, and the write
+// goes through on another node. (root is exempt from read_only: the test
+// writes as an ordinary user.)
+func TestIntegrationGaleraReadOnlyNode(t *testing.T) {
+	g := openGalera(t)
+	const target = 2 // node 3
+	tbl := g.table(t, 0, "", "n INT")
+	mustExec(t, g.raw[0], "CREATE USER IF NOT EXISTS sqlconflict_app@'%' IDENTIFIED BY 'app'")
+	mustExec(t, g.raw[0], "GRANT ALL ON test.* TO sqlconflict_app@'%'")
+	open := func(node int) *sql.DB {
+		cfg, err := mysql.ParseDSN(itest.GaleraServer(t, node, DriverMySQL, "mysql").DSN)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.User, cfg.Passwd = "sqlconflict_app", "app"
+		db, err := sql.Open(DriverMySQL, cfg.FormatDSN())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close() })
+		return db
+	}
+	g.setGlobal(t, target, "read_only = ON", "read_only = OFF")
+	db := open(target)
+	db.SetMaxOpenConns(1)
+	var before, after int64
+	if err := db.QueryRow("SELECT CONNECTION_ID()").Scan(&before); err != nil {
+		t.Fatal(err)
+	}
+	_, err := db.Exec("INSERT INTO " + tbl + " (n) VALUES (1)")
+	me := (*mysql.MySQLError)(nil)
+	if cl := Classify(err); !errors.As(err, &me) || me.Number != 1290 || cl.Kind != KindReadOnly || cl.Retryable {
+		t.Fatalf("write on a read-only node: %v classified %+v, want 1290 read only", err, cl)
+	}
+	t.Logf("read-only node: %s", describeGaleraErr(err))
+	if err := db.QueryRow("SELECT CONNECTION_ID()").Scan(&after); err != nil || after == before {
+		t.Errorf("after the refusal: session %d (%v), the refused connection was %d: want a new one", after, err, before)
+	}
+	if _, err := open(0).Exec("INSERT INTO " + tbl + " (n) VALUES (1)"); err != nil {
+		t.Fatalf("write on node 1: %v", err)
+	}
 }

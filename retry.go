@@ -87,8 +87,9 @@ func (ic *interceptor) failed(ctx context.Context, c *call, err error, attempt i
 	switch {
 	case c.kind == stmtCommit || c.kind == stmtRollback:
 		// A COMMIT or ROLLBACK that fails ends the transaction all the
-		// same: the server has rolled it back.
+		// same: the server has rolled it back, or is made to.
 		ic.endTx(false)
+		ic.commitFailed(ctx, err)
 		return false, ic.wrap(err)
 	case !ic.inTx():
 		// Autocommit, as the wrapper knows it. Run it again only if it is
@@ -118,7 +119,7 @@ func (ic *interceptor) failed(ctx context.Context, c *call, err error, attempt i
 		// Unguarded in a transaction, or an error that only a rerun of the
 		// whole transaction can cure: rolling back to a savepoint keeps the
 		// locks taken before it, so a deadlock would form again.
-		ic.txFailed(ctx, err, cl)
+		ic.stmtFailed(ctx, err, cl)
 		return false, ic.wrap(err)
 	}
 	ic.event(EventRetry, cl, attempt+2)
@@ -146,6 +147,7 @@ func (ic *interceptor) untracked(cl Class) bool {
 
 // stmtFailed records an error that is returned to the application.
 func (ic *interceptor) stmtFailed(ctx context.Context, err error, cl Class) {
+	ic.noteServer(cl)
 	if ic.inTx() {
 		ic.txFailed(ctx, err, cl)
 		return

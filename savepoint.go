@@ -99,6 +99,7 @@ func (ic *interceptor) savepoint(ctx context.Context, c *call) error {
 // survives it, and reports whether that worked. If it did not, the
 // transaction is in an unknown state and is treated as ended by err.
 func (ic *interceptor) undo(ctx context.Context, err error, cl Class, attempt int) bool {
+	ic.noteServer(cl)
 	if rerr := ic.exec(ctx, ic.cfg.sp.rollbackTo); rerr != nil {
 		ic.txFailed(ctx, err, Class{Kind: cl.Kind, Scope: ScopeTransaction, Dialect: cl.Dialect, Code: cl.Code})
 		return false
@@ -131,6 +132,14 @@ func (ic *interceptor) exec(ctx context.Context, q string) error {
 // beforeTxStmt runs before each statement inside a transaction: the doomed
 // transaction's guard, and the savepoint.
 func (ic *interceptor) beforeTxStmt(ctx context.Context, c *call) error {
+	if ic.tx.unended && ic.exec(ctx, "ROLLBACK") == nil {
+		// The transaction whose COMMIT or ROLLBACK failed is over at last;
+		// the statement runs in autocommit, as the application expects.
+		ic.endTx(false)
+		if !ic.inTx() {
+			return nil
+		}
+	}
 	if ic.tx.doomed != nil {
 		switch c.kind {
 		case stmtRollback:

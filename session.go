@@ -33,6 +33,9 @@ type sessState struct {
 	// first time a lock wait timeout happens in a transaction (0: not yet
 	// read, 1: OFF, 2: ON).
 	rollbackOnTimeout uint8
+	// discard: database/sql is to close the connection instead of reusing
+	// it (see noteServer and commitFailed).
+	discard bool
 }
 
 // noteSet reads a SET statement that succeeded, for the session variables
