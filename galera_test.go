@@ -440,11 +440,13 @@ func TestIntegrationGaleraGetOrCreate(t *testing.T) {
 // nodes, at the default conflict_retries: no failure, exact counts.
 func TestIntegrationGaleraAutocommitIncrements(t *testing.T) {
 	g := openGalera(t)
-	var retries atomic.Int64
+	var retries, maxAttempt atomic.Int64
 	var retried errTally
 	dbs := g.openObserved(t, func(o Observation) {
 		if o.Event == EventRetry {
 			retries.Add(1)
+			for m := maxAttempt.Load(); int64(o.Attempt) > m && !maxAttempt.CompareAndSwap(m, int64(o.Attempt)); m = maxAttempt.Load() {
+			}
 			retried.mu.Lock()
 			if retried.m == nil {
 				retried.m = map[string]int{}
@@ -456,6 +458,7 @@ func TestIntegrationGaleraAutocommitIncrements(t *testing.T) {
 	for _, c := range []struct{ workers, ops int }{{12, 200}, {24, 150}} {
 		t.Run(fmt.Sprintf("%dworkers", c.workers), func(t *testing.T) {
 			retries.Store(0)
+			maxAttempt.Store(0)
 			retried.mu.Lock()
 			retried.m = nil
 			retried.mu.Unlock()
@@ -465,7 +468,7 @@ func TestIntegrationGaleraAutocommitIncrements(t *testing.T) {
 			count(t, g.check[2], "SELECT COUNT(*) FROM "+tbl)
 			var acked [4]atomic.Int64
 			start := time.Now()
-			errs := galeraStorm(c.workers, c.ops, func(w, i int) error {
+			r := runStorm(c.workers, c.ops, func(w, i int) error {
 				id := 1 + (w+i)%3
 				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 				defer cancel()
@@ -475,9 +478,10 @@ func TestIntegrationGaleraAutocommitIncrements(t *testing.T) {
 				}
 				return err
 			})
+			errs := r.errs
 			total := c.workers * c.ops
-			t.Logf("%d workers × %d autocommit increments in %v: wrapper retries %d (%s)",
-				c.workers, c.ops, time.Since(start).Round(time.Millisecond), retries.Load(), retried.String())
+			t.Logf("%d workers × %d autocommit increments in %v: %v; wrapper retries %d, at most %d attempts for one statement (%s)",
+				c.workers, c.ops, time.Since(start).Round(time.Millisecond), r, retries.Load(), maxAttempt.Load(), retried.String())
 			reportFailures(t, "autocommit increments", total, errs)
 			sum := 0
 			for id := 1; id <= 3; id++ {

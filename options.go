@@ -75,7 +75,8 @@ func (m BlindRereadMode) String() string {
 // Options configures the wrapper. Each field but the last three has a DSN
 // option, named in its comment; [SplitDSN] reads them.
 type Options struct {
-	Retries         int             // conflict_retries: retries of a statement that had no effect; >= 0
+	Retries         int             // conflict_retries: most retries of a statement that had no effect; >= 0
+	RetryTimeout    time.Duration   // conflict_retry_timeout: how long, from its first failure, a statement keeps being retried; 0: no limit but Retries
 	Backoff         time.Duration   // conflict_backoff: wait before the first retry; >= 0
 	MaxBackoff      time.Duration   // conflict_max_backoff: longest wait between retries; >= Backoff
 	Savepoints      SavepointMode   // conflict_savepoints: off or writes
@@ -97,7 +98,8 @@ type Options struct {
 // DefaultOptions returns the options used when a DSN sets none.
 func DefaultOptions() Options {
 	return Options{
-		Retries:         3,
+		Retries:         50,
+		RetryTimeout:    10 * time.Second,
 		Backoff:         5 * time.Millisecond,
 		MaxBackoff:      time.Second,
 		Savepoints:      SavepointsOff,
@@ -112,6 +114,8 @@ func (o Options) Validate() error {
 	switch {
 	case o.Retries < 0:
 		return fmt.Errorf("sqlconflict: Options.Retries (conflict_retries) must be >= 0, got %d", o.Retries)
+	case o.RetryTimeout < 0:
+		return fmt.Errorf("sqlconflict: Options.RetryTimeout (conflict_retry_timeout) must be >= 0, got %v", o.RetryTimeout)
 	case o.Backoff < 0:
 		return fmt.Errorf("sqlconflict: Options.Backoff (conflict_backoff) must be >= 0, got %v", o.Backoff)
 	case o.MaxBackoff < o.Backoff:
@@ -150,7 +154,7 @@ const (
 
 const (
 	dsnOptionPrefix = "conflict_"
-	dsnOptionList   = "conflict_retries, conflict_backoff, conflict_max_backoff, conflict_savepoints, " +
+	dsnOptionList   = "conflict_retries, conflict_retry_timeout, conflict_backoff, conflict_max_backoff, conflict_savepoints, " +
 		"conflict_savepoint_budget, conflict_blind_reread, conflict_wrap_errors"
 )
 
@@ -424,6 +428,9 @@ func (r *optionReader) set(key, val string, valErr error) error {
 	case "conflict_retries":
 		o.Retries, ok = count()
 		want = "an integer >= 0"
+	case "conflict_retry_timeout":
+		o.RetryTimeout, ok = duration()
+		want = `a duration >= 0 such as "5s"`
 	case "conflict_backoff":
 		o.Backoff, ok = duration()
 		want = `a duration >= 0 such as "5ms"`

@@ -147,7 +147,7 @@ const (
 // setAllOptions sets every option away from its default: what the "all
 // mixed" DSNs of TestSplitDSN ask for.
 func setAllOptions(o *sqlconflict.Options) {
-	*o = sqlconflict.Options{Retries: 7, Backoff: time.Millisecond, MaxBackoff: 2 * time.Second,
+	*o = sqlconflict.Options{Retries: 7, RetryTimeout: 3 * time.Second, Backoff: time.Millisecond, MaxBackoff: 2 * time.Second,
 		Savepoints: sqlconflict.SavepointsWrites, SavepointBudget: 4,
 		BlindReread: sqlconflict.BlindRereadOff, WrapErrors: true}
 }
@@ -202,7 +202,7 @@ func TestSplitDSN(t *testing.T) {
 			want: "postgres://db/app",
 			opts: func(o *sqlconflict.Options) { o.WrapErrors = true }},
 		{name: "url/all mixed", form: formURL,
-			dsn: "postgresql://alice:pw@db:5432/app?conflict_retries=7&sslmode=disable&conflict_backoff=1ms&" +
+			dsn: "postgresql://alice:pw@db:5432/app?conflict_retries=7&sslmode=disable&conflict_backoff=1ms&conflict_retry_timeout=3s&" +
 				"application_name=a%26b&conflict_max_backoff=2s&conflict_savepoints=writes&connect_timeout=5&" +
 				"conflict_savepoint_budget=4&conflict_blind_reread=off&conflict_wrap_errors=true",
 			want: "postgresql://alice:pw@db:5432/app?sslmode=disable&application_name=a%26b&connect_timeout=5",
@@ -265,7 +265,7 @@ func TestSplitDSN(t *testing.T) {
 			want: "",
 			opts: func(o *sqlconflict.Options) { o.Retries, o.Backoff = 5, time.Millisecond }},
 		{name: "kv/all mixed", form: formKV,
-			dsn: "conflict_retries=7 host=db conflict_backoff=1ms conflict_max_backoff=2s dbname=app " +
+			dsn: "conflict_retries=7 host=db conflict_backoff=1ms conflict_max_backoff=2s dbname=app conflict_retry_timeout='3s' " +
 				"conflict_savepoints=writes\tconflict_savepoint_budget=4\nsslmode=disable conflict_blind_reread=off conflict_wrap_errors=t",
 			want: "host=db dbname=app sslmode=disable",
 			opts: setAllOptions},
@@ -339,7 +339,7 @@ func TestSplitDSN(t *testing.T) {
 			want: "alice:pw@tcp(db:3306)/app",
 			opts: func(o *sqlconflict.Options) { o.Backoff, o.MaxBackoff = 0, 0 }},
 		{name: "mysql/all mixed", form: formMySQL,
-			dsn: "alice:pw@tcp(db:3306)/app?conflict_retries=7&parseTime=true&conflict_backoff=1ms&" +
+			dsn: "alice:pw@tcp(db:3306)/app?conflict_retries=7&parseTime=true&conflict_backoff=1ms&conflict_retry_timeout=3000ms&" +
 				"conflict_max_backoff=2s&conflict_savepoints=writes&loc=Europe%2FParis&" +
 				"conflict_savepoint_budget=4&conflict_blind_reread=off&conflict_wrap_errors=TRUE",
 			want: "alice:pw@tcp(db:3306)/app?parseTime=true&loc=Europe%2FParis",
@@ -399,7 +399,7 @@ func TestSplitDSN(t *testing.T) {
 			want: "app.db?_txlock=immediate",
 			opts: func(o *sqlconflict.Options) { o.Savepoints = sqlconflict.SavepointsWrites }},
 		{name: "query/all mixed", form: formQuery,
-			dsn: "file:/tmp/app.db?conflict_retries=7&_pragma=busy_timeout(0)&conflict_backoff=1ms&" +
+			dsn: "file:/tmp/app.db?conflict_retries=7&_pragma=busy_timeout(0)&conflict_backoff=1ms&conflict_retry_timeout=3s&" +
 				"conflict_max_backoff=2s&_pragma=journal_mode(WAL)&conflict_savepoints=writes&" +
 				"conflict_savepoint_budget=4&conflict_blind_reread=off&conflict_wrap_errors=true&_time_format=sqlite",
 			want: "file:/tmp/app.db?_pragma=busy_timeout(0)&_pragma=journal_mode(WAL)&_time_format=sqlite",
@@ -508,7 +508,7 @@ func TestSplitDSNErrors(t *testing.T) {
 	tests := []errTest{
 		{name: "url/unknown", form: formURL,
 			dsn:    "postgres://alice:s3cr3t@db/app?conflict_retry=1",
-			secret: "s3cr3t", want: []string{`unknown DSN option "conflict_retry"`, "known: conflict_retries, conflict_backoff"}},
+			secret: "s3cr3t", want: []string{`unknown DSN option "conflict_retry"`, "known: conflict_retries, conflict_retry_timeout, conflict_backoff"}},
 		{name: "url/unknown escaped", form: formURL,
 			dsn:    "postgres://alice:s3cr3t@db/app?conflict%5Fretry=1",
 			secret: "s3cr3t", want: []string{`"conflict_retry"`}},
@@ -521,6 +521,9 @@ func TestSplitDSNErrors(t *testing.T) {
 		{name: "url/malformed name", form: formURL,
 			dsn:    "postgres://alice:s3cr3t@db/app?conflict_retries%zz=1",
 			secret: "s3cr3t", want: []string{`"conflict_retries%zz": malformed percent-encoding`}},
+		{name: "url/bad retry timeout", form: formURL,
+			dsn:    "postgres://alice:s3cr3t@db/app?conflict_retry_timeout=-1s",
+			secret: "s3cr3t", want: []string{`conflict_retry_timeout="-1s": want a duration >= 0`}},
 		{name: "url/validate", form: formURL,
 			dsn:    "postgres://alice:s3cr3t@db/app?conflict_backoff=2s",
 			secret: "s3cr3t", want: []string{"Options.MaxBackoff (conflict_max_backoff) must be >= Options.Backoff (conflict_backoff, 2s), got 1s"}},
@@ -680,7 +683,7 @@ func TestValidate(t *testing.T) {
 }
 
 func TestDefaultOptions(t *testing.T) {
-	want := sqlconflict.Options{Retries: 3, Backoff: 5 * time.Millisecond, MaxBackoff: time.Second,
+	want := sqlconflict.Options{Retries: 50, RetryTimeout: 10 * time.Second, Backoff: 5 * time.Millisecond, MaxBackoff: time.Second,
 		Savepoints: sqlconflict.SavepointsOff, SavepointBudget: 32, BlindReread: sqlconflict.BlindRereadWarn}
 	if got := sqlconflict.DefaultOptions(); !reflect.DeepEqual(got, want) {
 		t.Errorf("DefaultOptions() = %+v, want %+v", got, want)

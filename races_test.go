@@ -100,7 +100,7 @@ func TestIntegrationRaceGetOrCreate(t *testing.T) {
 		tbl := s.table(t, db, "", "k VARCHAR(32) PRIMARY KEY, owner INT NOT NULL")
 		const ops, keys = 12, 4
 		var created atomic.Int64
-		runner := TxRunner{RetryUniqueViolation: true, MaxAttempts: 50, Backoff: time.Millisecond, MaxBackoff: 50 * time.Millisecond}
+		runner := TxRunner{RetryUniqueViolation: true} // the defaults
 		errs := storm(t, ops, func(w, i int) error {
 			key := fmt.Sprintf("k%d", (w+i)%keys)
 			return runner.Run(context.Background(), db, nil, func(ctx context.Context, tx *sql.Tx) error {
@@ -133,7 +133,7 @@ func TestIntegrationRaceUpsertSameKey(t *testing.T) {
 		db := s.open(t)
 		tbl := s.table(t, db, "", "dag VARCHAR(32), task VARCHAR(32), fields VARCHAR(64), writes INT NOT NULL, PRIMARY KEY (dag, task)")
 		const ops = 8
-		runner := TxRunner{RetryUniqueViolation: true, MaxAttempts: 50, Backoff: time.Millisecond, MaxBackoff: 50 * time.Millisecond}
+		runner := TxRunner{RetryUniqueViolation: true} // the defaults
 		errs := storm(t, ops, func(w, i int) error {
 			task := fmt.Sprintf("task%d", i%2)
 			fields := fmt.Sprintf(`{"worker":%d,"op":%d}`, w, i)
@@ -166,7 +166,7 @@ func TestIntegrationRaceOptimisticCounter(t *testing.T) {
 		tbl := s.table(t, db, "", "id INT PRIMARY KEY, n INT NOT NULL, version INT NOT NULL")
 		mustExec(t, db, "INSERT INTO "+tbl+" (id, n, version) VALUES (1, 0, 0), (2, 0, 0)")
 		const ops = 6
-		runner := TxRunner{MaxAttempts: 200, Backoff: 500 * time.Microsecond, MaxBackoff: 20 * time.Millisecond}
+		runner := TxRunner{} // the defaults
 		errs := storm(t, ops, func(w, i int) error {
 			id := 1 + (w+i)%2
 			return runner.Run(context.Background(), db, nil, func(ctx context.Context, tx *sql.Tx) error {
@@ -199,7 +199,7 @@ func TestIntegrationRaceOptimisticCounter(t *testing.T) {
 func TestIntegrationRaceDeadlockPairAutocommit(t *testing.T) {
 	eachServer(t, func(t *testing.T, s server) {
 		var rc retryCounter
-		db := s.openObserved(t, &rc, "conflict_retries=5")
+		db := s.openObserved(t, &rc) // the defaults
 		tbl := s.table(t, db, "", "id INT PRIMARY KEY, v INT NOT NULL")
 		logTbl := s.table(t, db, "_log", "w CHAR(1), id INT")
 		mustExec(t, db, "INSERT INTO "+tbl+" (id, v) VALUES (1, 0), (2, 0)")
@@ -251,7 +251,7 @@ func TestIntegrationRaceOnCommit(t *testing.T) {
 		errs := storm(t, ops, func(w, i int) error {
 			id := w*ops + i
 			attempt := 0
-			return TxRunner{Backoff: time.Millisecond}.Run(context.Background(), db, nil, func(ctx context.Context, tx *sql.Tx) error {
+			return RunTx(context.Background(), db, nil, func(ctx context.Context, tx *sql.Tx) error {
 				attempt++
 				if _, err := tx.ExecContext(ctx, s.q("INSERT INTO "+tbl+" (id) VALUES ($1)"), id); err != nil {
 					return err

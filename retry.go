@@ -13,8 +13,9 @@ type call struct {
 	query   string
 	hasArgs bool
 	kind    stmtKind
-	guarded bool // runs behind the wrapper's savepoint
-	first   error
+	guarded bool      // runs behind the wrapper's savepoint
+	first   error     // the first attempt's error
+	failed  time.Time // when the first attempt failed: the retries' time budget starts there
 }
 
 // run executes one statement (Exec or Query, direct or prepared) under the
@@ -77,7 +78,7 @@ func (ic *interceptor) inFlight(err error, alive bool) error {
 func (ic *interceptor) failed(ctx context.Context, c *call, err error, attempt int, canRetry bool) (bool, error) {
 	cl := ic.scope(ctx, Classify(err))
 	if c.first == nil {
-		c.first = err
+		c.first, c.failed = err, time.Now()
 	} else if ic.untracked(cl) {
 		// The retry met PostgreSQL's 25P02: the session was in a
 		// transaction the wrapper did not see, which the first error
@@ -95,7 +96,7 @@ func (ic *interceptor) failed(ctx context.Context, c *call, err error, attempt i
 		// Autocommit, as the wrapper knows it. Run it again only if it is
 		// one atomic statement (never CALL, DO, or a string of several)
 		// that the server undid, and the server confirms autocommit.
-		if !canRetry || !cl.Retryable || attempt >= ic.cfg.Retries ||
+		if !canRetry || !cl.Retryable || !ic.budget(c, attempt) ||
 			!c.kind.atomic() || !lexStmt(c.query, ic.cfg.Dialect).single || !ic.confirmAutocommit(ctx) {
 			ic.stmtFailed(ctx, err, cl)
 			return false, ic.wrap(err)
@@ -106,7 +107,7 @@ func (ic *interceptor) failed(ctx context.Context, c *call, err error, attempt i
 		if !ic.undo(ctx, err, cl, attempt) {
 			return false, ic.wrap(err)
 		}
-		if !canRetry || attempt >= ic.cfg.Retries {
+		if !canRetry || !ic.budget(c, attempt) {
 			return false, ic.wrap(err)
 		}
 		ic.tx.savepoints++ // the retry uses a new subtransaction
@@ -123,10 +124,20 @@ func (ic *interceptor) failed(ctx context.Context, c *call, err error, attempt i
 		return false, ic.wrap(err)
 	}
 	ic.event(EventRetry, cl, attempt+2)
-	if werr := sleep(ctx, backoff(attempt, ic.cfg.Backoff, ic.cfg.MaxBackoff)); werr != nil {
+	wait := backoff(attempt, ic.cfg.Backoff, ic.cfg.MaxBackoff)
+	if t := ic.cfg.RetryTimeout; t > 0 {
+		wait = min(wait, t-time.Since(c.failed))
+	}
+	if werr := sleep(ctx, wait); werr != nil {
 		return false, werr
 	}
 	return true, nil
+}
+
+// budget reports whether the statement may be retried once more: within
+// conflict_retries and conflict_retry_timeout.
+func (ic *interceptor) budget(c *call, attempt int) bool {
+	return attempt < ic.cfg.Retries && (ic.cfg.RetryTimeout <= 0 || time.Since(c.failed) < ic.cfg.RetryTimeout)
 }
 
 // wholeTx reports the errors that only a new transaction can cure:

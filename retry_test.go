@@ -72,6 +72,25 @@ func TestAutocommitRetry(t *testing.T) {
 	}
 }
 
+// TestRetryTimeout: conflict_retry_timeout bounds a statement's retries
+// by time, from its first failure.
+func TestRetryTimeout(t *testing.T) {
+	d := &fakeDriver{errs: failN("UPDATE t SET x = 1", 1<<30, errPGDeadlock)}
+	opts := fastOptions(DialectUnknown)
+	opts.Retries, opts.RetryTimeout = 1<<20, 40*time.Millisecond
+	opts.Backoff, opts.MaxBackoff = 2*time.Millisecond, 4*time.Millisecond
+	db := openFake(t, d, opts)
+	start := time.Now()
+	_, err := db.Exec("UPDATE t SET x = 1")
+	elapsed := time.Since(start)
+	if !errors.Is(err, errPGDeadlock) || elapsed < 40*time.Millisecond || elapsed > time.Second {
+		t.Fatalf("err = %v after %v, want the deadlock after about 40ms", err, elapsed)
+	}
+	if n := d.sent("UPDATE t SET x = 1"); n < 5 {
+		t.Errorf("sent %d times in %v, want retries until the timeout", n, elapsed)
+	}
+}
+
 // TestRetryStopsWithContext: a context that ends during the backoff ends the
 // retries at once, with the context's error.
 func TestRetryStopsWithContext(t *testing.T) {
@@ -227,7 +246,7 @@ func TestRunTx(t *testing.T) {
 	// has committed); a second one in a row does. With an hour of backoff,
 	// the first finishes at once and the second runs into the deadline.
 	runs = 0
-	slow := TxRunner{RetryUniqueViolation: true, Backoff: time.Hour, MaxBackoff: time.Hour}
+	slow := TxRunner{RetryUniqueViolation: true, Backoff: time.Hour, MaxBackoff: time.Hour, MaxElapsed: 3 * time.Hour}
 	err = slow.Run(ctx, db, nil, func(context.Context, *sql.Tx) error {
 		if runs++; runs == 1 {
 			return errPGUnique
@@ -243,6 +262,21 @@ func TestRunTx(t *testing.T) {
 	err = slow.Run(dctx, db, nil, func(context.Context, *sql.Tx) error { runs++; return errPGUnique })
 	if !errors.Is(err, context.DeadlineExceeded) || runs != 2 {
 		t.Fatalf("second unique rerun: err = %v runs = %d, want the deadline after 2 runs", err, runs)
+	}
+	// MaxElapsed ends the reruns: no attempt begins after it.
+	runs = 0
+	start := time.Now()
+	err = TxRunner{MaxElapsed: 30 * time.Millisecond, Backoff: 5 * time.Millisecond, MaxBackoff: 5 * time.Millisecond}.Run(ctx, db, nil,
+		func(context.Context, *sql.Tx) error { runs++; return errPGDeadlock })
+	if !errors.As(err, &re) || re.Attempts != runs || runs < 2 || runs > 20 || time.Since(start) > time.Second {
+		t.Fatalf("MaxElapsed: err = %v after %d runs in %v", err, runs, time.Since(start))
+	}
+	// MaxAttempts too.
+	runs = 0
+	err = TxRunner{MaxAttempts: 3, Backoff: time.Microsecond}.Run(ctx, db, nil,
+		func(context.Context, *sql.Tx) error { runs++; return errPGDeadlock })
+	if !errors.As(err, &re) || re.Attempts != 3 || runs != 3 {
+		t.Fatalf("MaxAttempts: err = %v after %d runs", err, runs)
 	}
 	// ErrRetryTx asks for another attempt (an optimistic-lock miss).
 	runs = 0

@@ -16,8 +16,13 @@ type TxBeginner interface {
 // TxRunner runs transactions with whole-transaction retries. Its zero value
 // uses the defaults documented on each field.
 type TxRunner struct {
-	// MaxAttempts bounds the attempts, the first included. Zero means 10.
+	// MaxAttempts bounds the attempts, the first included. Zero means
+	// DefaultMaxAttempts.
 	MaxAttempts int
+	// MaxElapsed bounds the time from the first attempt's start after which
+	// no new attempt begins. Zero means DefaultMaxElapsed. The context's
+	// deadline ends the reruns too, whichever comes first.
+	MaxElapsed time.Duration
 	// Backoff and MaxBackoff shape the wait between attempts, as the
 	// conflict_backoff and conflict_max_backoff options do. Zero means 5ms
 	// and 1s.
@@ -27,6 +32,14 @@ type TxRunner struct {
 	// the winner's row. Wrong where the duplicate is a real user error.
 	RetryUniqueViolation bool
 }
+
+// The bounds of a zero TxRunner. Contention storms end long before them
+// (docs/BENCHMARKS.md): they keep an operation from retrying for ever, not
+// from succeeding.
+const (
+	DefaultMaxAttempts = 100
+	DefaultMaxElapsed  = 30 * time.Second
+)
 
 // ErrRetryTx, returned by a RunTx function (possibly wrapped), asks for
 // another attempt: for instance when an optimistic-lock UPDATE ... WHERE
@@ -62,9 +75,12 @@ func RunTx(ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(ctx 
 // fn must confine its effects to tx, or make them idempotent: it may run
 // several times. Work that must follow the commit belongs in [OnCommit].
 func (r TxRunner) Run(ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(ctx context.Context, tx *sql.Tx) error) error {
-	attempts, base, max := r.MaxAttempts, r.Backoff, r.MaxBackoff
+	attempts, elapsed, base, max := r.MaxAttempts, r.MaxElapsed, r.Backoff, r.MaxBackoff
 	if attempts <= 0 {
-		attempts = 10
+		attempts = DefaultMaxAttempts
+	}
+	if elapsed <= 0 {
+		elapsed = DefaultMaxElapsed
 	}
 	if base <= 0 {
 		base = 5 * time.Millisecond
@@ -73,6 +89,7 @@ func (r TxRunner) Run(ctx context.Context, db TxBeginner, opts *sql.TxOptions, f
 		max = time.Second
 	}
 	waits := 0 // attempts followed by a wait
+	start := time.Now()
 	for attempt := 1; ; attempt++ {
 		hooks, err := runOnce(ctx, db, opts, fn, r.RetryUniqueViolation)
 		if err == nil {
@@ -94,7 +111,11 @@ func (r TxRunner) Run(ctx context.Context, db TxBeginner, opts *sql.TxOptions, f
 		if attempt == 1 && Classify(err).Kind == KindUniqueViolation {
 			continue
 		}
-		if werr := sleep(ctx, backoff(waits, base, max)); werr != nil {
+		wait := backoff(waits, base, max)
+		if time.Since(start)+wait >= elapsed {
+			return &RetryError{Attempts: attempt, Err: err}
+		}
+		if werr := sleep(ctx, wait); werr != nil {
 			return werr
 		}
 		waits++

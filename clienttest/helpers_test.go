@@ -9,7 +9,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/sqlconflict/sqlconflict"
@@ -111,12 +110,7 @@ const (
 // runner is the TxRunner of the races: get-or-create written as
 // select-then-insert reruns its transaction on a unique violation, which the
 // rerun then reads.
-var runner = sqlconflict.TxRunner{
-	RetryUniqueViolation: true,
-	MaxAttempts:          50,
-	Backoff:              time.Millisecond,
-	MaxBackoff:           50 * time.Millisecond,
-}
+var runner = sqlconflict.TxRunner{RetryUniqueViolation: true} // and the defaults
 
 // race runs getOrCreate for every worker and round, each call in its own
 // transaction through RunTx (runner), and checks that none failed, that
