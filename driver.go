@@ -24,6 +24,7 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"errors"
 	"log/slog"
 	"reflect"
 	"strings"
@@ -100,6 +101,9 @@ func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
 	form := d.form
 	if form == DSNPostgresKV && isPostgresURL(dsn) {
 		form = DSNPostgresURL
+	}
+	if err := wrongForm(dsn, form); err != nil {
+		return nil, err
 	}
 	opts, baseDSN, err := SplitDSN(dsn, form, d.opts)
 	if err != nil {
@@ -205,6 +209,35 @@ type dsnConnector struct {
 
 func (c dsnConnector) Connect(context.Context) (driver.Conn, error) { return c.drv.Open(c.dsn) }
 func (c dsnConnector) Driver() driver.Driver                        { return c.drv }
+
+// wrongForm refuses a DSN plainly written for another driver. lib/pq would
+// take a MySQL DSN as one key=value pair whose key it sends to the server,
+// password included, where it lands in the server's log. The error quotes
+// nothing of the DSN.
+func wrongForm(dsn string, form DSNForm) error {
+	switch {
+	case form == DSNPostgresKV && looksMySQL(dsn):
+		return errors.New("sqlconflict: the DSN looks like go-sql-driver/mysql's form (user:password@tcp(host:port)/dbname?params), " +
+			"not PostgreSQL's (postgres://user:password@host/dbname?params or host=... dbname=...): use sqlconflict-mysql, or a PostgreSQL DSN")
+	case form == DSNMySQL && isPostgresURL(dsn):
+		return errors.New("sqlconflict: the DSN is a postgres:// URL, not go-sql-driver/mysql's form (user:password@tcp(host:port)/dbname?params): " +
+			"use sqlconflict-postgres, or a MySQL DSN")
+	}
+	return nil
+}
+
+// looksMySQL reports go-sql-driver/mysql's form: no '=' before the query,
+// and an '@' or a tcp( or unix( address before a '/'. A libpq key=value DSN
+// has an '=' in its first pair.
+func looksMySQL(dsn string) bool {
+	head, _, _ := strings.Cut(dsn, "?")
+	slash := strings.LastIndexByte(head, '/')
+	if slash < 0 || strings.ContainsRune(head, '=') {
+		return false
+	}
+	addr := head[:slash]
+	return strings.Contains(addr, "@") || strings.Contains(addr, "tcp(") || strings.Contains(addr, "unix(")
+}
 
 // isPostgresURL tells lib/pq's two DSN forms apart the way lib/pq does.
 func isPostgresURL(dsn string) bool {

@@ -222,3 +222,24 @@ func TestDSNSecrets(t *testing.T) {
 		}
 	}
 }
+
+// TestOpenWrongForm: a DSN plainly in the other driver's form is refused
+// at Open, saying which form it looks like, without quoting the password.
+func TestOpenWrongForm(t *testing.T) {
+	for _, tc := range []struct{ driver, dsn, want string }{
+		{DriverPostgres, "app:s3cretpw@tcp(127.0.0.1:3306)/app?parseTime=true", "go-sql-driver/mysql's form"},
+		{DriverPostgres, "app:s3cretpw@/app", "go-sql-driver/mysql's form"},
+		{DriverMySQL, "postgres://app:s3cretpw@db/app?sslmode=disable", "postgres:// URL"},
+	} {
+		_, err := sql.Open(tc.driver, tc.dsn)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "s3cretpw") {
+			t.Errorf("%s %q: %v, want an error naming %s without the password", tc.driver, tc.dsn, err, tc.want)
+		}
+	}
+	// key=value DSNs that hold '/' and '@' stay PostgreSQL's.
+	for _, dsn := range []string{"host=/var/run/postgresql user=a@b", "host=db dbname=app password=p/w@x"} {
+		if _, err := sql.Open(DriverPostgres, dsn); err != nil {
+			t.Errorf("%q: %v", dsn, err)
+		}
+	}
+}

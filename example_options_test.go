@@ -19,7 +19,7 @@ func ExampleSplitDSN() {
 	fmt.Println(opts.Retries, opts.Savepoints, opts.BlindReread)
 	// Output:
 	// app:s3cret@tcp(db:3306)/shop?parseTime=true
-	// 5 writes warn
+	// 5 writes fix
 }
 
 func ExampleSplitDSN_postgresURL() {
@@ -75,5 +75,5 @@ func ExampleOptions_Validate() {
 func ExampleDefaultOptions() {
 	fmt.Printf("%+v\n", sqlconflict.DefaultOptions())
 	// Output:
-	// {Retries:50 RetryTimeout:10s Backoff:5ms MaxBackoff:1s Savepoints:off SavepointBudget:32 BlindReread:warn WrapErrors:false Logger:<nil> Observer:<nil> Dialect:unknown}
+	// {Retries:50 RetryTimeout:10s Backoff:5ms MaxBackoff:1s Savepoints:off SavepointBudget:32 BlindReread:fix WrapErrors:false Logger:<nil> Observer:<nil> Dialect:unknown}
 }

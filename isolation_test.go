@@ -550,7 +550,7 @@ func TestIntegrationIsolationRace(t *testing.T) {
 				for _, how := range isoHows {
 					name := fmt.Sprintf("savepoints=%s/%s/%s", sp, strings.ReplaceAll(l.String(), " ", "_"), how)
 					t.Run(name, func(t *testing.T) {
-						params := []string{"conflict_savepoints=" + sp}
+						params := []string{"conflict_savepoints=" + sp, "conflict_blind_reread=warn"}
 						if how == howDSN {
 							params = append(params, isoParams(t, s, raw, l)...)
 						}
@@ -658,7 +658,7 @@ func TestIntegrationBlindRereadModes(t *testing.T) {
 			if s.PG() {
 				l = isoReadCommitted
 			}
-			checkRace(t, s, r, tbl, l, true, BlindRereadWarn)
+			checkRace(t, s, r, tbl, l, true, DefaultOptions().BlindReread)
 		})
 	})
 }
@@ -676,7 +676,7 @@ func TestIntegrationBlindRereadRemedies(t *testing.T) {
 		winner := winnerConn(ctx, t, s, raw)
 
 		t.Run("locking re-read", func(t *testing.T) {
-			db, logs := s.openLogged(t, "conflict_savepoints=writes")
+			db, logs := s.openLogged(t, "conflict_savepoints=writes", "conflict_blind_reread=warn")
 			tx, err := db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead})
 			if err != nil {
 				t.Fatal(err)
@@ -742,7 +742,7 @@ func TestIntegrationBlindRereadInsertFirst(t *testing.T) {
 		defer cancel()
 		raw := s.openRaw(t)
 		tbl := s.table(t, raw, "", "id INT PRIMARY KEY, k VARCHAR(100) UNIQUE")
-		db, logs := s.openLogged(t, "conflict_savepoints=writes")
+		db, logs := s.openLogged(t, "conflict_savepoints=writes", "conflict_blind_reread=warn")
 		ins := s.q("INSERT INTO " + tbl + " (id, k) VALUES ($1, $2)")
 		sel := s.q("SELECT id FROM " + tbl + " WHERE k = $1")
 
@@ -863,7 +863,7 @@ func TestIntegrationIsolationNoWarning(t *testing.T) {
 			return
 		}
 		t.Run("set transaction is next only", func(t *testing.T) {
-			db, logs := s.openLogged(t)
+			db, logs := s.openLogged(t, "conflict_blind_reread=warn")
 			conn, err := db.Conn(ctx)
 			if err != nil {
 				t.Fatal(err)

@@ -104,7 +104,7 @@ func DefaultOptions() Options {
 		MaxBackoff:      time.Second,
 		Savepoints:      SavepointsOff,
 		SavepointBudget: 32,
-		BlindReread:     BlindRereadWarn,
+		BlindReread:     BlindRereadFix,
 	}
 }
 
@@ -163,8 +163,9 @@ const (
 // them, everything else byte for byte unchanged. The base drivers must not
 // see the options: both send parameters they do not know to the server.
 //
-// Option names are case-sensitive. An unknown or repeated conflict_* option,
-// a bad value, or options that fail [Options.Validate] are errors. Errors
+// Option names are read without regard to case. An unknown or repeated
+// conflict_* option, a bad value, or options that fail [Options.Validate]
+// are errors. Errors
 // quote no part of the DSN but an option's own name and value, so that they
 // never hold the password.
 //
@@ -215,6 +216,14 @@ func detectDSNForm(dsn string) DSNForm {
 		return DSNMySQL
 	}
 	return DSNPostgresKV
+}
+
+// isOption reports a DSN parameter that is sqlconflict's: its name starts
+// with conflict_ in any case. Option names are read without regard to case,
+// so that Conflict_Retries=3 is an option and never reaches the server as a
+// session variable.
+func isOption(key string) bool {
+	return len(key) >= len(dsnOptionPrefix) && strings.EqualFold(key[:len(dsnOptionPrefix)], dsnOptionPrefix)
 }
 
 // optionReader collects the conflict_* options of one DSN.
@@ -292,11 +301,11 @@ func (r *optionReader) query(dsn string, q, end int, keys keyMode) (string, erro
 					// keys included, so space around a key vanishes.
 					key = strings.TrimFunc(k, unicode.IsSpace)
 				}
-			} else if strings.HasPrefix(key, dsnOptionPrefix) {
+			} else if isOption(key) {
 				return "", fmt.Errorf("sqlconflict: DSN option %s: malformed percent-encoding in its name", r.quote(key))
 			}
 		}
-		if !strings.HasPrefix(key, dsnOptionPrefix) {
+		if !isOption(key) {
 			kept = append(kept, seg) // verbatim: the base driver judges it
 			continue
 		}
@@ -325,7 +334,7 @@ func (r *optionReader) postgresKV(dsn string) (string, error) {
 	}
 	var pairs []span
 	err := scanPostgresKV(dsn, func(key, val string, start, end int) error {
-		drop := strings.HasPrefix(key, dsnOptionPrefix)
+		drop := isOption(key)
 		pairs = append(pairs, span{start, end, drop})
 		if drop {
 			return r.set(key, val, nil)
@@ -418,7 +427,8 @@ func scanPostgresKV(s string, fn func(key, val string, start, end int) error) er
 
 // set applies one option. valErr is the value's unescaping error, reported
 // only once the key is known to be valid.
-func (r *optionReader) set(key, val string, valErr error) error {
+func (r *optionReader) set(name, val string, valErr error) error {
+	key := strings.ToLower(name)
 	o := &r.opts
 	var ok bool
 	var want string
@@ -452,7 +462,7 @@ func (r *optionReader) set(key, val string, valErr error) error {
 		ok = err == nil
 		want = `a boolean such as "true" or "false"`
 	default:
-		return fmt.Errorf("sqlconflict: unknown DSN option %s (known: %s)", r.quote(key), dsnOptionList)
+		return fmt.Errorf("sqlconflict: unknown DSN option %s (known: %s)", r.quote(name), dsnOptionList)
 	}
 	switch {
 	case r.seen[key]:

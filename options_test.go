@@ -25,12 +25,16 @@ func optsWith(f func(*sqlconflict.Options)) sqlconflict.Options {
 	return o
 }
 
+// isConflictKey reports a parameter that is sqlconflict's: conflict_ in any
+// case.
+func isConflictKey(k string) bool { return strings.HasPrefix(strings.ToLower(k), "conflict_") }
+
 // pqView is lib/pq's reading of dsn, without the conflict_* options it would
 // send to the server as run-time parameters; n counts those.
 func pqView(dsn string) (view any, n int, err error) {
 	cfg, err := pq.NewConfig(dsn)
 	for k := range cfg.Runtime {
-		if strings.HasPrefix(k, "conflict_") {
+		if isConflictKey(k) {
 			delete(cfg.Runtime, k)
 			n++
 		}
@@ -46,7 +50,7 @@ func mysqlView(dsn string) (view any, n int, err error) {
 		return nil, 0, err
 	}
 	for k := range cfg.Params {
-		if strings.HasPrefix(k, "conflict_") {
+		if isConflictKey(k) {
 			delete(cfg.Params, k)
 			n++
 		}
@@ -83,7 +87,7 @@ func queryView(dsn string) (any, int, error) {
 	}
 	n := 0
 	for k := range params {
-		if strings.HasPrefix(k, "conflict_") {
+		if isConflictKey(k) {
 			delete(params, k)
 			n++
 		}
@@ -242,8 +246,9 @@ func TestSplitDSN(t *testing.T) {
 			want: "postgres://db?sslmode=disable",
 			opts: func(o *sqlconflict.Options) { o.Retries = 1 }},
 		{name: "url/other prefix case", form: formURL,
-			dsn:  "postgres://db/app?other_conflict_retries=1&Conflict_retries=2",
-			want: "postgres://db/app?other_conflict_retries=1&Conflict_retries=2"},
+			dsn:  "postgres://db/app?other_conflict_retries=1&Conflict_Retries=2",
+			want: "postgres://db/app?other_conflict_retries=1",
+			opts: func(o *sqlconflict.Options) { o.Retries = 2 }},
 
 		// lib/pq key=value.
 		{name: "kv/none", form: formKV, dsn: "host=db dbname=app", want: "host=db dbname=app"},
@@ -314,8 +319,9 @@ func TestSplitDSN(t *testing.T) {
 			want: "host=db\u00a0dbname=app",
 			opts: func(o *sqlconflict.Options) { o.Retries = 1 }},
 		{name: "kv/other prefix case", form: formKV,
-			dsn:  "host=db Conflict_retries=1 xconflict_retries=2",
-			want: "host=db Conflict_retries=1 xconflict_retries=2"},
+			dsn:  "host=db CONFLICT_RETRIES=1 xconflict_retries=2",
+			want: "host=db xconflict_retries=2",
+			opts: func(o *sqlconflict.Options) { o.Retries = 1 }},
 
 		// go-sql-driver/mysql.
 		{name: "mysql/none", form: formMySQL,
@@ -333,7 +339,8 @@ func TestSplitDSN(t *testing.T) {
 			opts: func(o *sqlconflict.Options) { o.SavepointBudget = 8 }},
 		{name: "mysql/last", form: formMySQL,
 			dsn:  "alice:pw@tcp(db:3306)/app?parseTime=true&conflict_blind_reread=warn",
-			want: "alice:pw@tcp(db:3306)/app?parseTime=true"},
+			want: "alice:pw@tcp(db:3306)/app?parseTime=true",
+			opts: func(o *sqlconflict.Options) { o.BlindReread = sqlconflict.BlindRereadWarn }},
 		{name: "mysql/only", form: formMySQL,
 			dsn:  "alice:pw@tcp(db:3306)/app?conflict_backoff=0s&conflict_max_backoff=0",
 			want: "alice:pw@tcp(db:3306)/app",
@@ -684,7 +691,7 @@ func TestValidate(t *testing.T) {
 
 func TestDefaultOptions(t *testing.T) {
 	want := sqlconflict.Options{Retries: 50, RetryTimeout: 10 * time.Second, Backoff: 5 * time.Millisecond, MaxBackoff: time.Second,
-		Savepoints: sqlconflict.SavepointsOff, SavepointBudget: 32, BlindReread: sqlconflict.BlindRereadWarn}
+		Savepoints: sqlconflict.SavepointsOff, SavepointBudget: 32, BlindReread: sqlconflict.BlindRereadFix}
 	if got := sqlconflict.DefaultOptions(); !reflect.DeepEqual(got, want) {
 		t.Errorf("DefaultOptions() = %+v, want %+v", got, want)
 	}

@@ -296,12 +296,17 @@ func TestRunTx(t *testing.T) {
 	if !errors.Is(err, io.ErrUnexpectedEOF) || runs != 1 {
 		t.Fatalf("unknown outcome: err = %v runs = %d", err, runs)
 	}
-	// Outside RunTx, OnCommit runs at once.
+	// Outside RunTx (the application's own transaction, say), OnCommit
+	// cannot wait for the commit: it refuses, and f does not run early.
 	ran := false
-	OnCommit(ctx, func() { ran = true })
-	if !ran {
-		t.Error("OnCommit outside RunTx did not run")
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
+	if err := OnCommit(ctx, func() { ran = true }); !errors.Is(err, ErrNotInRunTx) || ran {
+		t.Errorf("OnCommit outside RunTx: %v, ran %v; want ErrNotInRunTx and not run", err, ran)
+	}
+	tx.Rollback()
 }
 
 // TestBadConnNotResent: a base driver that may answer driver.ErrBadConn

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 )
 
@@ -166,16 +167,26 @@ func rerunsOnUniqueViolation(ctx context.Context) bool {
 	return ok && h.retryUnique
 }
 
+// ErrNotInRunTx is returned by [OnCommit] when its context is not that of a
+// RunTx function: there is no commit it could wait for.
+var ErrNotInRunTx = errors.New("sqlconflict: OnCommit outside a RunTx function: f was not run")
+
 // OnCommit registers f to run once after the transaction of the RunTx call
-// whose ctx it is given commits, and never for an attempt that fails or is
-// retried: a job queued from f cannot run before the rows it needs are
-// visible. Hooks run in registration order, on the goroutine that called
-// RunTx. Outside RunTx, as with Django's on_commit in autocommit, f runs at
-// once.
-func OnCommit(ctx context.Context, f func()) {
+// whose function's ctx it is given commits, and never for an attempt that
+// fails or is retried: a job queued from f cannot run before the rows it
+// needs are visible. Hooks run in registration order, on the goroutine that
+// called RunTx.
+//
+// Given any other context (the application's own transaction included,
+// whose commit the wrapper cannot see), OnCommit does not run f, logs a
+// warning and returns ErrNotInRunTx: running f at once would let a job see
+// the database before the commit. Code that is not in a transaction calls
+// f itself.
+func OnCommit(ctx context.Context, f func()) error {
 	if h, ok := ctx.Value(commitHooksKey{}).(*commitHooks); ok {
 		h.fns = append(h.fns, f)
-		return
+		return nil
 	}
-	f()
+	slog.Default().WarnContext(ctx, ErrNotInRunTx.Error())
+	return ErrNotInRunTx
 }

@@ -100,3 +100,149 @@ func TestIntegrationStormAirflow(t *testing.T) {
 		}
 	})
 }
+
+// djangoGetOrCreate is Django's get_or_create written by hand, as Django
+// runs it: read; on no row, insert inside a savepoint; on a duplicate, roll
+// back to the savepoint and read again (reread, if not empty). It returns
+// the key's id.
+func djangoGetOrCreate(ctx context.Context, s server, tx *sql.Tx, tbl, key, reread string) (int64, error) {
+	var id int64
+	sel := s.q("SELECT id FROM " + tbl + " WHERE k = $1")
+	err := tx.QueryRowContext(ctx, sel, key).Scan(&id)
+	if err != sql.ErrNoRows {
+		return id, err
+	}
+	if _, err := tx.ExecContext(ctx, "SAVEPOINT goc"); err != nil {
+		return 0, err
+	}
+	ins := "INSERT INTO " + tbl + " (k) VALUES (?)"
+	if s.PG() {
+		ins = "INSERT INTO " + tbl + " (k) VALUES ($1) RETURNING id"
+		err = tx.QueryRowContext(ctx, ins, key).Scan(&id)
+	} else {
+		var res sql.Result
+		if res, err = tx.ExecContext(ctx, ins, key); err == nil {
+			id, err = res.LastInsertId()
+		}
+	}
+	if !IsUniqueViolation(err) {
+		return id, err
+	}
+	if _, err := tx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT goc"); err != nil {
+		return 0, err
+	}
+	if reread == "" {
+		reread = sel
+	}
+	err = tx.QueryRowContext(ctx, s.q(reread), key).Scan(&id)
+	return id, err
+}
+
+// TestIntegrationStormDjangoGetOrCreate: 16 workers get-or-create hot keys
+// at REPEATABLE READ (MariaDB's default; PostgreSQL's when asked), Django's
+// way:
+//
+//   - at the defaults (conflict_blind_reread=fix), in the application's own
+//     transaction on MySQL/MariaDB: every re-read after a duplicate finds
+//     the winner's row; on PostgreSQL no read in the transaction can, the
+//     re-read fails with ErrBlindReread, and RunTx reruns the transaction;
+//   - with conflict_blind_reread=error, in TxRunner{RetryUniqueViolation:
+//     true}: ErrBlindReread is rerun like a serialization failure;
+//   - with conflict_blind_reread=warn and a locking re-read (MySQL): the
+//     re-read sees the row and nothing is logged.
+//
+// No caller fails; each key has one row and every caller of a key gets its
+// id. With conflict_blind_reread=warn and a plain re-read, the re-reads
+// come back empty (logged for comparison).
+func TestIntegrationStormDjangoGetOrCreate(t *testing.T) {
+	eachServer(t, func(t *testing.T, s server) {
+		type mode struct {
+			name     string
+			params   []string
+			runTx    bool   // in TxRunner{RetryUniqueViolation: true}
+			reread   string // the re-read; "" for the first read's
+			strict   bool   // no failure allowed
+			warnings int    // -1: not checked
+		}
+		modes := []mode{
+			{name: "fix (default)", runTx: s.PG(), strict: true, warnings: 0},
+			{name: "error in TxRunner", params: []string{"conflict_blind_reread=error"}, runTx: true, strict: true, warnings: 0},
+			{name: "warn", params: []string{"conflict_blind_reread=warn"}, warnings: -1},
+		}
+		if !s.PG() {
+			modes = append(modes, mode{name: "warn, locking re-read", params: []string{"conflict_blind_reread=warn"},
+				reread: "SELECT id FROM %s WHERE k = ? LOCK IN SHARE MODE", strict: true, warnings: 0})
+		}
+		for _, m := range modes {
+			t.Run(m.name, func(t *testing.T) {
+				db, logs := s.openLogged(t, m.params...)
+				cols := "id BIGINT AUTO_INCREMENT PRIMARY KEY, k VARCHAR(32) NOT NULL UNIQUE"
+				if s.PG() {
+					cols = "id BIGSERIAL PRIMARY KEY, k VARCHAR(32) NOT NULL UNIQUE"
+				}
+				tbl := s.table(t, db, "", cols)
+				reread := m.reread
+				if reread != "" {
+					reread = fmt.Sprintf(reread, tbl)
+				}
+				const workers, rounds, keys = 16, 10, 4
+				var mu sync.Mutex
+				got := map[string]map[int64]int{}
+				var reruns atomic.Int64
+				opts := &sql.TxOptions{Isolation: sql.LevelRepeatableRead}
+				runner := TxRunner{RetryUniqueViolation: true}
+				r := runStorm(workers, rounds, func(w, i int) error {
+					key := fmt.Sprintf("r%dk%d", i, w%keys)
+					var id int64
+					op := func(ctx context.Context, tx *sql.Tx) error {
+						var err error
+						id, err = djangoGetOrCreate(ctx, s, tx, tbl, key, reread)
+						return err
+					}
+					var err error
+					if m.runTx {
+						attempts := 0
+						err = runner.Run(context.Background(), db, opts, func(ctx context.Context, tx *sql.Tx) error { attempts++; return op(ctx, tx) })
+						reruns.Add(int64(attempts - 1))
+					} else {
+						// The application's own transaction.
+						var tx *sql.Tx
+						if tx, err = db.BeginTx(context.Background(), opts); err == nil {
+							if err = op(context.Background(), tx); err == nil {
+								err = tx.Commit()
+							} else {
+								tx.Rollback()
+							}
+						}
+					}
+					if err == nil {
+						mu.Lock()
+						if got[key] == nil {
+							got[key] = map[int64]int{}
+						}
+						got[key][id]++
+						mu.Unlock()
+					}
+					return err
+				})
+				w := logs.warnings()
+				t.Logf("%s %s: %v; RunTx reruns %d; %d warnings", s.Name, m.name, r, reruns.Load(), len(w))
+				if !m.strict {
+					return // for comparison only
+				}
+				noFailures(t, r.errs)
+				if m.warnings >= 0 && len(w) != m.warnings {
+					t.Errorf("%d warnings, want %d: %+v", len(w), m.warnings, w)
+				}
+				if n := count(t, db, "SELECT COUNT(*) FROM "+tbl); n != rounds*keys {
+					t.Errorf("%d rows, want %d", n, rounds*keys)
+				}
+				for key, ids := range got {
+					if len(ids) != 1 {
+						t.Errorf("key %s: callers got ids %v, want one", key, ids)
+					}
+				}
+			})
+		}
+	})
+}

@@ -71,7 +71,7 @@ func runtimeOptions(config pgx.ConnConfig, opts sqlconflict.Options) (sqlconflic
 	var kv strings.Builder
 	params := make(map[string]string, len(config.RuntimeParams))
 	for k, v := range config.RuntimeParams {
-		if !strings.HasPrefix(k, "conflict_") {
+		if len(k) < len("conflict_") || !strings.EqualFold(k[:len("conflict_")], "conflict_") {
 			params[k] = v
 			continue
 		}
