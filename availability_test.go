@@ -3,7 +3,9 @@ package sqlconflict
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -210,4 +212,49 @@ func TestFailedCommitRolledBack(t *testing.T) {
 			t.Error("the connection would go back to the pool")
 		}
 	})
+}
+
+// TestIntegrationRawBaseConn: inside sql.Conn.Raw, BaseConn hands out the
+// base driver's own connection, and a statement run on the connection
+// Raw gives returns the base driver's own result: go-sql-driver/mysql's
+// mysql.Result with every statement's last insert id, as its README shows.
+func TestIntegrationRawBaseConn(t *testing.T) {
+	s, ok := mysqlServer(t)
+	if !ok {
+		return
+	}
+	db := s.open(t, "multiStatements=true")
+	tbl := s.table(t, db, "", "id INT AUTO_INCREMENT PRIMARY KEY, v INT")
+	conn, err := db.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	q := "INSERT INTO " + tbl + " (v) VALUES (1), (2); INSERT INTO " + tbl + " (v) VALUES (3)"
+	err = conn.Raw(func(dc any) error {
+		if _, ok := BaseConn(dc).(driver.ExecerContext); !ok {
+			return fmt.Errorf("BaseConn gave %T", BaseConn(dc))
+		}
+		for _, c := range []any{dc, BaseConn(dc)} {
+			res, err := c.(driver.ExecerContext).ExecContext(context.Background(), q, nil)
+			if err != nil {
+				return err
+			}
+			mres, ok := res.(mysql.Result)
+			if !ok {
+				return fmt.Errorf("%T's result is %T, not mysql.Result", c, res)
+			}
+			if ids := mres.AllLastInsertIds(); len(ids) != 2 {
+				return fmt.Errorf("AllLastInsertIds = %v, want one per statement", ids)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A value that wraps nothing is its own base connection.
+	if BaseConn(nil) != nil || BaseConn(42) != nil {
+		t.Error("BaseConn of a non-connection")
+	}
 }

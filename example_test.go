@@ -123,3 +123,23 @@ func ExampleTxAbortedError_doomed() {
 	// sqlconflict: transaction aborted by an earlier error: Error 1213: Deadlock found when trying to get lock; try restarting transaction
 	// commit retryable: true
 }
+
+// Inside sql.Conn.Raw the driver connection is the wrapper's; BaseConn
+// hands out the base driver's own, for its own API (pgx's CopyFrom,
+// go-sql-driver/mysql's multi-statement results). Here the base driver is
+// go-sqlmock.
+func ExampleBaseConn() {
+	base, _ := newMock("example_baseconn")
+	connector, _ := sqlconflict.NewConnector(base, sqlconflict.DefaultOptions())
+	db := sql.OpenDB(connector)
+	defer db.Close()
+
+	conn, _ := db.Conn(context.Background())
+	defer conn.Close()
+	_ = conn.Raw(func(dc any) error {
+		fmt.Printf("Raw gives %T; BaseConn gives %T\n", dc, sqlconflict.BaseConn(dc))
+		return nil
+	})
+	// Output:
+	// Raw gives *sqlconflict.conn; BaseConn gives *sqlmock.sqlmock
+}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/sqlconflict/sqlconflict"
 	"github.com/sqlconflict/sqlconflict/internal/itest"
 	sqlconflictpgx "github.com/sqlconflict/sqlconflict/pgx"
@@ -410,5 +411,34 @@ func TestIntegrationDeadConnRetried(t *testing.T) {
 				t.Fatalf("%s on the pool after its connection was killed: %T %v", op, err, err)
 			}
 		})
+	}
+}
+
+// TestIntegrationCopyFromThroughRaw: pgx's own API (CopyFrom here) through
+// sql.Conn.Raw and sqlconflict.BaseConn, as pgx documents it without the
+// wrapper.
+func TestIntegrationCopyFromThroughRaw(t *testing.T) {
+	_, db := open(t)
+	tbl := table(t, db, "", "id INT PRIMARY KEY, name TEXT")
+	conn, err := db.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var copied int64
+	err = conn.Raw(func(dc any) error {
+		c, ok := sqlconflict.BaseConn(dc).(*stdlib.Conn)
+		if !ok {
+			return fmt.Errorf("BaseConn gave %T, want *stdlib.Conn", sqlconflict.BaseConn(dc))
+		}
+		rows := [][]any{{1, "a"}, {2, "b"}, {3, "c"}}
+		copied, err = c.Conn().CopyFrom(context.Background(), pgx.Identifier{tbl}, []string{"id", "name"}, pgx.CopyFromRows(rows))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, db, "SELECT COUNT(*) FROM "+tbl); copied != 3 || n != 3 {
+		t.Errorf("copied %d, table holds %d; want 3 and 3", copied, n)
 	}
 }
