@@ -14,6 +14,7 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -129,6 +130,42 @@ func BenchmarkFakeQuery(b *testing.B) {
 			return db.QueryRowContext(ctx, "SELECT v FROM t WHERE id = $1", 1).Scan(&v)
 		}
 	})
+}
+
+// benchORMSelect returns an ORM-style SELECT of about n bytes: many
+// qualified columns, a join and a filter, no locking clause.
+func benchORMSelect(n int) string {
+	var b strings.Builder
+	b.WriteString("SELECT ")
+	for i := 0; b.Len() < n-120; i++ {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "\"orders\".\"column_%02d\" AS \"orders_column_%02d\"", i, i)
+	}
+	b.WriteString(` FROM "orders" INNER JOIN "customers" ON "customers"."id" = "orders"."customer_id" WHERE "orders"."id" = $1`)
+	return b.String()
+}
+
+// BenchmarkFakeQueryLength: QueryRow + Scan in autocommit, and the same
+// statement's Exec, for a 100-byte and a 2.4 KB SELECT: what the wrapper
+// reads of a statement on the happy path must not grow with its length.
+func BenchmarkFakeQueryLength(b *testing.B) {
+	ctx := context.Background()
+	for _, n := range []int{100, 2400} {
+		q := benchORMSelect(n)
+		b.Run(fmt.Sprintf("bytes=%d/op=query", n), func(b *testing.B) {
+			benchFakeEach(b, func(_ *testing.B, db *sql.DB) func() error {
+				var v int64
+				return func() error { return db.QueryRowContext(ctx, q, 1).Scan(&v) }
+			})
+		})
+		b.Run(fmt.Sprintf("bytes=%d/op=exec", n), func(b *testing.B) {
+			benchFakeEach(b, func(_ *testing.B, db *sql.DB) func() error {
+				return func() error { _, err := db.ExecContext(ctx, q, 1); return err }
+			})
+		})
+	}
 }
 
 // BenchmarkFakeStmtExec: Exec of a statement prepared once (the
