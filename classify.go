@@ -206,7 +206,8 @@ var (
 		1213: {Kind: KindDeadlock, Scope: ScopeTransaction, Retryable: true, SQLState: "40001"},
 		149:  {Kind: KindDeadlock, Scope: ScopeTransaction, Retryable: true},                                // Galera (HA_ERR_LOCK_DEADLOCK)
 		1020: {Kind: KindSerializationFailure, Scope: ScopeTransaction, Retryable: true, SQLState: "HY000"}, // MariaDB ER_CHECKREAD
-		8002: {Kind: KindSerializationFailure, Scope: ScopeTransaction, Retryable: true},                    // TiDB
+		8002: {Kind: KindSerializationFailure, Scope: ScopeTransaction, Retryable: true},                    // TiDB: SELECT FOR UPDATE transaction met a commit conflict
+		8005: {Kind: KindSerializationFailure, Scope: ScopeTransaction, Retryable: true},                    // TiDB: write conflict, txnStartTS is stale
 		8022: {Kind: KindSerializationFailure, Scope: ScopeTransaction, Retryable: true},                    // TiDB
 		8028: {Kind: KindSerializationFailure, Scope: ScopeTransaction, Retryable: true},                    // TiDB
 		9007: {Kind: KindSerializationFailure, Scope: ScopeTransaction, Retryable: true},                    // TiDB write conflict

@@ -116,6 +116,7 @@ func TestClassifyMySQL(t *testing.T) {
 		{149, "", KindDeadlock, ScopeTransaction, true, ""},
 		{1020, "", KindSerializationFailure, ScopeTransaction, true, "HY000"},
 		{8002, "", KindSerializationFailure, ScopeTransaction, true, ""},
+		{8005, "", KindSerializationFailure, ScopeTransaction, true, ""},
 		{8022, "", KindSerializationFailure, ScopeTransaction, true, ""},
 		{8028, "", KindSerializationFailure, ScopeTransaction, true, ""},
 		{9007, "", KindSerializationFailure, ScopeTransaction, true, ""},

@@ -506,7 +506,8 @@ type galeraWrite struct {
 	out   faultOutcome
 	stage string // where it failed: connect, begin, exec, commit
 	err   error
-	phase string // the workload's phase when it returned
+	phase string        // the workload's phase when it returned
+	took  time.Duration // from the call to its return
 }
 
 // galeraWriteOp runs one write of tok into tbl through db.
@@ -595,7 +596,12 @@ func galeraFault(t *testing.T, g *galera, target int, fault func(phase func(stri
 	t.Helper()
 	healthy := (target + 1) % 3
 	tbl := g.table(t, healthy, "", "id BIGINT AUTO_INCREMENT PRIMARY KEY, token VARCHAR(64) NOT NULL")
-	db := g.dbs[target]
+	var retries atomic.Int64
+	db := g.openObserved(t, func(o Observation) {
+		if o.Event == EventRetry {
+			retries.Add(1)
+		}
+	})[target]
 
 	const workers = 3
 	prefix := fmt.Sprintf("g%s", runID)
@@ -629,8 +635,9 @@ func galeraFault(t *testing.T, g *galera, target int, fault func(phase func(stri
 				}
 				n := seq.Add(1)
 				tok := fmt.Sprintf("%sw%dn%05dx", prefix, w, n)
+				start := time.Now()
 				wr := galeraWriteOp(db, tbl, faultOp((w+i)%int(numFaultOps)), tok)
-				wr.phase = getPhase()
+				wr.phase, wr.took = getPhase(), time.Since(start)
 				mu.Lock()
 				writes = append(writes, wr)
 				mu.Unlock()
@@ -671,11 +678,14 @@ func galeraFault(t *testing.T, g *galera, target int, fault func(phase func(stri
 	type tallyKey struct{ phase, op, stage, desc string }
 	type tallyVal struct{ n, applied int }
 	tally := map[tallyKey]*tallyVal{}
-	acked, ackedAfter, failed := 0, 0, 0
+	acked, ackedAfter, failed, slow := 0, 0, 0, 0
 	ackedIn := map[string]int{}
 	for _, wr := range writes {
 		n := found[wr.tok]
 		delete(found, wr.tok)
+		if wr.took > time.Second {
+			slow++ // it waited the fault out: retried by the wrapper or RunTx
+		}
 		if n > 1 {
 			t.Errorf("write %s (%v, %v) is there %d times", wr.tok, wr.op, wr.err, n)
 		}
@@ -722,10 +732,10 @@ func galeraFault(t *testing.T, g *galera, target int, fault func(phase func(stri
 		byPhase = append(byPhase, fmt.Sprintf("%s %d", p, n))
 	}
 	sort.Strings(byPhase)
-	t.Logf("%d writes: %d acknowledged (by phase: %s), %d failed; %d rows in the table\nerrors:\n%s",
-		len(writes), acked, strings.Join(byPhase, ", "), failed, total, strings.Join(lines, "\n"))
-	if failed == 0 {
-		t.Errorf("no write failed: the fault did not reach the workload")
+	t.Logf("%d writes: %d acknowledged (by phase: %s), %d failed, %d statement retries, %d took over a second; %d rows in the table\nerrors:\n%s",
+		len(writes), acked, strings.Join(byPhase, ", "), failed, retries.Load(), slow, total, strings.Join(lines, "\n"))
+	if failed == 0 && retries.Load() == 0 && slow == 0 {
+		t.Errorf("no write failed, was retried or waited: the fault did not reach the workload")
 	}
 	if ackedAfter == 0 {
 		t.Errorf("no write succeeded after the fault healed: the pool did not recover")
