@@ -44,7 +44,7 @@ func run[T any](ic *interceptor, ctx context.Context, c *call, do func(context.C
 		}
 		again, out := ic.failed(ctx, c, err, attempt, true)
 		if !again {
-			return zero, ic.inFlight(out, alive)
+			return zero, ic.inFlight(ctx, out, alive)
 		}
 	}
 }
@@ -64,9 +64,11 @@ func (ic *interceptor) alive() bool {
 // calls a function that writes included, would run twice. So with such a
 // base driver a statement sent on a connection that was alive fails with an
 // unknown outcome instead. A connection already broken before the call sent
-// nothing, and keeps database/sql's retry.
-func (ic *interceptor) inFlight(err error, alive bool) error {
-	if !alive || ic.cfg.badConnSafe || ic.inTx() || !errors.Is(err, driver.ErrBadConn) {
+// nothing, and keeps database/sql's retry; so does a call whose context has
+// ended, since database/sql then sends nothing again (lib/pq marks the
+// connection bad when the context ends before it sent the statement).
+func (ic *interceptor) inFlight(ctx context.Context, err error, alive bool) error {
+	if !alive || ctx.Err() != nil || ic.cfg.badConnSafe || ic.inTx() || !errors.Is(err, driver.ErrBadConn) {
 		return err
 	}
 	return &LostConnError{Cause: err}

@@ -137,6 +137,7 @@ func TestIntegrationWirePostgres(t *testing.T) {
 		tbl := s.table(t, s.openRaw(t), suffix, "id INT PRIMARY KEY, v VARCHAR(8) NOT NULL")
 		wireWorkload(t, s, db, tbl)
 		db.Close()
+		p.stop() // every connection's messages read, its Terminate included
 		return p.counts()
 	}
 	raw, wrapped := counts(s.Raw, "_raw"), counts(s.Driver, "_wrapped")
@@ -181,8 +182,15 @@ func newMsgProxy(t *testing.T, target string) *msgProxy {
 			go func() { defer p.wg.Done(); io.Copy(c, up); c.Close() }()
 		}
 	}()
-	t.Cleanup(func() { ln.Close(); p.wg.Wait() })
+	t.Cleanup(p.stop)
 	return p
+}
+
+// stop closes the proxy and waits until it has read every connection to
+// its end.
+func (p *msgProxy) stop() {
+	p.ln.Close()
+	p.wg.Wait()
 }
 
 func (p *msgProxy) addr() string { return p.ln.Addr().String() }
