@@ -71,9 +71,6 @@ func (h warnCounter) Handle(_ context.Context, r slog.Record) error {
 // runScenario runs sc through the raw driver, then through sqlconflict.
 func runScenario(ctx context.Context, cfg config, t *target, admin *sql.DB, sc *scenario, prog *progress) (scenarioResult, error) {
 	res := scenarioResult{Name: sc.name, About: sc.about, Fix: sc.fix.desc}
-	if !sc.autocommit {
-		res.Fix += fmt.Sprintf(" (TxRunner.MaxAttempts %d)", maxAttempts)
-	}
 	for _, run := range []string{runRaw, runWrapped} {
 		r, err := runOnce(ctx, cfg, t, admin, sc, run, prog)
 		if err != nil {
@@ -87,7 +84,7 @@ func runScenario(ctx context.Context, cfg config, t *target, admin *sql.DB, sc *
 	}
 	res.Note = sc.notes[t.kind]
 	if res.Raw.BlindRereads+res.Wrapped.BlindRereads > 0 {
-		res.Note += fmt.Sprintf(" Blind re-reads: %d raw, %d under sqlconflict (each rerun by RunTx).",
+		res.Note += fmt.Sprintf(" Blind re-reads: %d raw, each a get-or-create that failed; %d under sqlconflict, each failed with ErrBlindReread and rerun by RunTx.",
 			res.Raw.BlindRereads, res.Wrapped.BlindRereads)
 	}
 	if w := res.Wrapped.Warnings; w > 0 {
@@ -112,12 +109,11 @@ func runOnce(ctx context.Context, cfg config, t *target, admin *sql.DB, sc *scen
 	if run == runRaw {
 		db, err = t.openRaw(ctx, cfg.workers)
 	} else {
+		// The defaults, as sql.Open("sqlconflict-...") gives them: the
+		// Observer and Logger only count what the driver does.
 		opts := sqlconflict.DefaultOptions()
 		opts.Observer = st.observe
 		opts.Logger = slog.New(warnCounter{st})
-		if sc.fix.savepoints {
-			opts.Savepoints = sqlconflict.SavepointsWrites
-		}
 		db, err = t.openWrapped(ctx, cfg.workers, opts)
 	}
 	if err != nil {
@@ -232,22 +228,14 @@ func execute(ctx context.Context, db *sql.DB, sc *scenario, run string, fn opFun
 		}
 		return 1, tx.Commit()
 	}
-	runner := sc.fix.runner
-	if runner.MaxAttempts == 0 {
-		runner.MaxAttempts = maxAttempts
-	}
-	err = runner.Run(ctx, db, sc.txOptions, func(ctx context.Context, tx *sql.Tx) error {
+	// The TxRunner's limits are its zero values: DefaultMaxAttempts and
+	// DefaultMaxElapsed.
+	err = sc.fix.runner.Run(ctx, db, sc.txOptions, func(ctx context.Context, tx *sql.Tx) error {
 		attempts++
 		return fn(ctx, tx)
 	})
 	return attempts, err
 }
-
-// maxAttempts bounds RunTx's attempts at an operation. The default of 10
-// is short for a database with a single write lock and eight workers that
-// never pause: on a slow or loaded machine a transaction can lose the race
-// ten times in a row.
-const maxAttempts = 30
 
 // sqliteCodes names the SQLite result codes the scenarios meet.
 var sqliteCodes = map[string]string{

@@ -10,15 +10,23 @@
 //	go run ./cmd/sqlconflict-race -dsn "root@tcp(127.0.0.1:3306)/test" -json
 //
 // Without -dsn it uses a SQLite database in a new temporary directory,
-// through the pure-Go modernc.org/sqlite: no server and no cgo. With -dsn it
-// uses PostgreSQL (a postgres:// URL or key=value DSN, through lib/pq),
-// MySQL or MariaDB (go-sql-driver/mysql's DSN), or a SQLite file; it creates
-// and drops tables named sqlconflict_race_*. conflict_* options in the DSN
-// configure the sqlconflict run; the raw run does not see them.
+// through the pure-Go modernc.org/sqlite: no server and no cgo. It is
+// configured as an application would configure it (WAL, busy_timeout of
+// 5s), so what fails there is what an application meets: "database is
+// locked" for a transaction that reads and then writes. The races the
+// driver exists for (duplicate keys, deadlocks, the blind re-read) need a
+// server: with -dsn it uses PostgreSQL (a postgres:// URL or key=value DSN,
+// through lib/pq), MySQL or MariaDB (go-sql-driver/mysql's DSN), or a
+// SQLite file; it creates and drops tables named sqlconflict_race_*.
 //
-// The scenarios are get-or-create, upsert-same-key, optimistic-counter,
-// deadlock-pair and blind-reread; the notes after the table say what each
-// does and what happens on the database used.
+// The sqlconflict runs use the library's defaults: DefaultOptions and
+// TxRunners with zero limits. conflict_* options in the DSN configure them;
+// the raw run does not see them.
+//
+// The scenarios are get-or-create, upsert-same-key (the control: an atomic
+// upsert, which no database fails), optimistic-counter, deadlock-pair and
+// blind-reread; the notes after the table say what each does and what
+// happens on the database used.
 //
 // The exit status is 1 if a sqlconflict run failed an operation or left a
 // wrong final value, and 2 on bad usage or a database error.

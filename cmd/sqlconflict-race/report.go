@@ -43,7 +43,7 @@ type runResult struct {
 	DoomedTx           int64          `json:"doomed_transactions"`
 	Warnings           int64          `json:"warnings"`
 	FirstWarning       string         `json:"first_warning,omitempty"`
-	BlindRereads       int            `json:"blind_rereads"` // re-reads after a duplicate key that found nothing
+	BlindRereads       int            `json:"blind_rereads"` // re-reads after a duplicate key that found nothing, or (sqlconflict) failed with ErrBlindReread
 	Wrong              int            `json:"wrong"`         // lost updates, missing or extra rows, wrong values
 	WrongDetail        string         `json:"wrong_detail,omitempty"`
 	Seconds            float64        `json:"seconds"`

@@ -33,14 +33,18 @@ type scenario struct {
 	txOptions  *sql.TxOptions
 	fix        fix
 	notes      map[string]string // by target kind: what happens there
-	start      func(e *env) workload
+	// race is the label of the failures (see failureLabel) the raw run
+	// meets on PostgreSQL and MySQL, empty for the control, which races
+	// nowhere.
+	race  string
+	start func(e *env) workload
 }
 
-// fix is how the sqlconflict run is set up: the right tool for the race.
+// fix is how the code of the sqlconflict run uses the API: the right tool
+// for the race. The driver's options are the defaults.
 type fix struct {
-	runner     sqlconflict.TxRunner
-	savepoints bool
-	desc       string
+	runner sqlconflict.TxRunner
+	desc   string
 }
 
 // workload is one run of a scenario: its tables, its operations, and the
@@ -64,7 +68,7 @@ type env struct {
 
 	mu     sync.Mutex
 	tables []string
-	blind  int // blind re-reads met by the application code
+	blind  int // re-reads after a duplicate key that found no row, or failed with ErrBlindReread
 }
 
 // create makes a fresh table and remembers it for drop.
@@ -108,16 +112,24 @@ func (e *env) insertID(ctx context.Context, q querier, table, name string) (int6
 	return res.LastInsertId()
 }
 
-// scenarios, in the order they run.
+// busyNote is what SQLite does to a transaction that reads, then writes.
+const busyNote = `A transaction that has read cannot wait for SQLite's single write lock, whatever busy_timeout says: ` +
+	`its first write fails at once with SQLITE_BUSY ("database is locked") while another connection writes, ` +
+	`or with SQLITE_BUSY_SNAPSHOT if another committed since its read.`
+
+// scenarios, in the order they run. Under sqlconflict they use the
+// defaults: DefaultOptions, a zero TxRunner but for RetryUniqueViolation
+// where the code is a get-or-create written as select-then-insert.
 var scenarios = []*scenario{
 	{
 		name:  "get-or-create",
+		race:  "unique violation",
 		about: "SELECT the row by name, INSERT it if missing, in a transaction; every step brings new hot names",
 		fix:   fix{runner: sqlconflict.TxRunner{RetryUniqueViolation: true}, desc: "RunTx with RetryUniqueViolation"},
 		notes: map[string]string{
-			kindPostgres: "Both transactions find no row and both INSERT: the second gets 23505 unique_violation. RunTx reruns it, and the rerun finds the winner's row.",
+			kindPostgres: "Both transactions find no row and both INSERT: the second waits for the first's lock, then gets 23505 unique_violation. RunTx reruns it, and the rerun finds the winner's row.",
 			kindMySQL:    "Both transactions find no row and both INSERT: the second waits for the first's lock, then gets 1062 Duplicate entry. RunTx reruns it, and the rerun finds the winner's row.",
-			kindSQLite:   `SQLite lets one connection write at a time, so the loser meets "database is locked": SQLITE_BUSY while the winner writes, SQLITE_BUSY_SNAPSHOT if it writes from a snapshot older than the winner's commit, which no busy_timeout cures. The duplicate itself never happens. RunTx reruns the transaction.`,
+			kindSQLite:   busyNote + " So the duplicate itself never happens. RunTx reruns the transaction.",
 		},
 		start: func(e *env) workload { return &getOrCreate{env: e, ids: newIDLedger()} },
 	},
@@ -125,46 +137,48 @@ var scenarios = []*scenario{
 		name:       "upsert-same-key",
 		about:      "INSERT ... ON CONFLICT DO UPDATE (MySQL: ON DUPLICATE KEY UPDATE) n = n + 1 on hot keys, in autocommit",
 		autocommit: true,
-		fix:        fix{desc: "no code change: the driver retries the statement (conflict_retries)"},
+		fix:        fix{desc: "no code change: the driver retries a statement that had no effect (conflict_retries)"},
 		notes: map[string]string{
-			kindPostgres: "PostgreSQL's upsert is atomic: neither run should fail. The check is that sqlconflict adds no failure and loses no increment.",
-			kindMySQL:    "Each upsert is its own transaction and InnoDB serializes them on the key: neither run should fail here. Where concurrent upserts do deadlock (1213, over gap locks on a unique key), the deadlock undoes only that statement, and sqlconflict runs it again.",
-			kindSQLite:   `Each upsert needs the single write lock; with busy_timeout=0 the loser fails at once with "database is locked" (SQLITE_BUSY). sqlconflict retries the statement, which provably had no effect, with backoff.`,
+			kindPostgres: "The control: PostgreSQL's upsert is atomic, and neither run fails. The check is that sqlconflict adds no failure and loses no increment.",
+			kindMySQL:    "The control: InnoDB serializes single-row upserts on the key, and neither run fails. The check is that sqlconflict adds no failure and loses no increment; where upserts do deadlock (1213, as multi-row ones in different key orders do), the deadlock undoes only that statement, and sqlconflict runs it again.",
+			kindSQLite:   "The control: each upsert is a transaction of its own, which waits for the write lock under busy_timeout, and neither run fails. The check is that sqlconflict adds no failure and loses no increment.",
 		},
 		start: func(e *env) workload { return &upsert{env: e, want: newCounts()} },
 	},
 	{
 		name:  "optimistic-counter",
+		race:  "stale version",
 		about: "SELECT value, version; UPDATE value = value + 1, version = version + 1 WHERE version is the one read; no row updated: another increment won",
 		fix:   fix{desc: "the code returns sqlconflict.ErrRetryTx when no row matched; RunTx reruns it"},
 		notes: map[string]string{
 			kindPostgres: "The version check turns a would-be lost update into a failed operation: the raw run fails the increments that lost the race. RunTx reruns them on a fresh read.",
 			kindMySQL:    "The version check turns a would-be lost update into a failed operation: the raw run fails the increments that lost the race. RunTx reruns them on a fresh read.",
-			kindSQLite:   `Writers never overlap on SQLite, so the version check seldom fires: the losers fail first with "database is locked" (SQLITE_BUSY, SQLITE_BUSY_SNAPSHOT), which RunTx reruns too.`,
+			kindSQLite:   busyNote + " So the version check seldom fires: the losers fail with SQLITE_BUSY or SQLITE_BUSY_SNAPSHOT first, which RunTx reruns.",
 		},
 		start: func(e *env) workload { return &optimistic{env: e, want: newCounts()} },
 	},
 	{
 		name:  "deadlock-pair",
+		race:  "deadlock",
 		about: "transfers between two accounts, UPDATE one row then the other; two workers per pair of accounts, in opposite directions",
 		fix:   fix{desc: "RunTx: reruns the deadlock victim"},
 		notes: map[string]string{
 			kindPostgres: "Opposite transfers lock the same rows in opposite orders: PostgreSQL aborts one with 40P01 deadlock_detected, but only after deadlock_timeout (1s by default), hence the low throughput.",
 			kindMySQL:    "Opposite transfers lock the same rows in opposite orders: InnoDB detects the cycle at once and rolls one transaction back with 1213 Deadlock found.",
-			kindSQLite:   `SQLite has no row locks and cannot deadlock: the second transaction to write fails with "database is locked" (SQLITE_BUSY).`,
+			kindSQLite:   "SQLite has no row locks and cannot deadlock: a transfer's first UPDATE takes the single write lock, waiting for it under busy_timeout, and neither run fails.",
 		},
 		start: func(e *env) workload { return &transfers{env: e, want: newCounts()} },
 	},
 	{
 		name:      "blind-reread",
-		about:     "get-or-create by the book, at REPEATABLE READ: on a duplicate key, re-read the row the other transaction inserted",
+		race:      "blind re-read",
+		about:     "get-or-create by the book, at REPEATABLE READ: on a duplicate key (PostgreSQL: rolled back to a savepoint), re-read the row the other transaction inserted",
 		txOptions: &sql.TxOptions{Isolation: sql.LevelRepeatableRead},
-		fix: fix{runner: sqlconflict.TxRunner{RetryUniqueViolation: true}, savepoints: true,
-			desc: "RunTx with RetryUniqueViolation, conflict_savepoints=writes"},
+		fix:       fix{desc: "RunTx, with conflict_blind_reread=fix, the default; no code change"},
 		notes: map[string]string{
-			kindMySQL:    "InnoDB's REPEATABLE READ re-read uses the transaction's snapshot, older than the other transaction's row: the duplicate key says the row exists, the re-read returns nothing. Only a new transaction (RunTx's rerun) or a locking read can see it.",
-			kindPostgres: `The duplicate aborts the transaction: the raw re-read fails with 25P02 "current transaction is aborted". sqlconflict's savepoint keeps the transaction usable, but at REPEATABLE READ the re-read's snapshot predates the row, as on MySQL; RunTx's rerun sees it.`,
-			kindSQLite:   `Writers are serialized and a stale snapshot cannot write (SQLITE_BUSY_SNAPSHOT), so the duplicate, and the blind re-read after it, never happen: the raw run fails with "database is locked" instead.`,
+			kindMySQL:    "InnoDB's REPEATABLE READ re-read uses the transaction's snapshot, older than the other transaction's row: the duplicate key says the row exists, the raw re-read returns nothing. sqlconflict runs that re-read again as a locking read (LOCK IN SHARE MODE), which sees the row: the code goes on, with no rerun.",
+			kindPostgres: "At REPEATABLE READ the re-read's snapshot predates the other transaction's row: the duplicate key says the row exists, the raw re-read returns nothing. No read in the transaction can see the row: sqlconflict fails the re-read with ErrBlindReread, and RunTx reruns the transaction, which finds it.",
+			kindSQLite:   busyNote + " So the duplicate, and the blind re-read after it, never happen: the raw run fails with SQLITE_BUSY or SQLITE_BUSY_SNAPSHOT instead, which RunTx reruns.",
 		},
 		start: func(e *env) workload { return &bookGetOrCreate{getOrCreate{env: e, ids: newIDLedger()}} },
 	},
@@ -372,20 +386,37 @@ func (w *bookGetOrCreate) op(rng *rand.Rand, _, i int) (opFunc, func()) {
 	name := w.name(rng, i)
 	var id int64
 	sel := w.env.t.q("SELECT id FROM " + w.table + " WHERE name = $1")
+	// On PostgreSQL an error aborts the transaction: the book sets a
+	// savepoint before the INSERT and rolls back to it on the duplicate.
+	// MySQL and SQLite undo only the failed statement.
+	pg := w.env.t.kind == kindPostgres
 	fn := func(ctx context.Context, q querier) error {
 		err := q.QueryRowContext(ctx, sel, name).Scan(&id)
 		if !errors.Is(err, sql.ErrNoRows) {
 			return err
 		}
+		if pg {
+			if _, err := q.ExecContext(ctx, "SAVEPOINT get_or_create"); err != nil {
+				return err
+			}
+		}
 		id, err = w.env.insertID(ctx, q, w.table, name)
 		if !sqlconflict.IsUniqueViolation(err) {
 			return err
+		}
+		if pg {
+			if _, rerr := q.ExecContext(ctx, "ROLLBACK TO SAVEPOINT get_or_create"); rerr != nil {
+				return rerr
+			}
 		}
 		// Someone else inserted it first: read theirs.
 		switch rerr := q.QueryRowContext(ctx, sel, name).Scan(&id); {
 		case errors.Is(rerr, sql.ErrNoRows):
 			w.env.noteBlind()
 			return &blindRereadError{name: name, dup: err}
+		case errors.Is(rerr, sqlconflict.ErrBlindReread):
+			w.env.noteBlind() // sqlconflict said so, for RunTx to rerun
+			return rerr
 		case rerr != nil:
 			return rerr
 		}
