@@ -218,7 +218,8 @@ func TestIntegrationOptionsApplied(t *testing.T) {
 }
 
 // TestClassifyConnectError: Classify, which does not import pgx, recognises
-// pgx's *pgconn.ConnectError from a refused connection as a lost connection.
+// pgx's *pgconn.ConnectError from a refused connection as an unavailable
+// server.
 func TestClassifyConnectError(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -233,8 +234,9 @@ func TestClassifyConnectError(t *testing.T) {
 	if !errors.As(err, &connectErr) {
 		t.Fatalf("connect to %s: %T %v, want a *pgconn.ConnectError", addr, err, err)
 	}
-	if cl := sqlconflict.Classify(err); cl.Kind != sqlconflict.KindConnectionLost || cl.Scope != sqlconflict.ScopeUnknownOutcome {
-		t.Errorf("Classify(%v) = %+v, want a lost connection", err, cl)
+	// Nothing was sent: the server could not be reached.
+	if cl := sqlconflict.Classify(err); cl.Kind != sqlconflict.KindUnavailable || !cl.Retryable {
+		t.Errorf("Classify(%v) = %+v, want a retryable unavailable server", err, cl)
 	}
 }
 
