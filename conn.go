@@ -104,8 +104,9 @@ type interceptor struct {
 	// (go-sql-driver/mysql without interpolateParams), so database/sql will
 	// prepare it instead and guarding the direct call would waste a savepoint.
 	skipsArgs bool
-	// rows is the slot for the one query the wrapper follows at a time
-	// (rows.go); a query that starts while it is taken is not followed.
+	// rows holds the state of the connection's open query (rows.go), so that
+	// following it allocates nothing; a second query opened while the first
+	// is still open gets a state of its own.
 	rows rowsState
 }
 
