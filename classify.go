@@ -142,8 +142,11 @@ type Class struct {
 	// Retryable: re-running the statement (ScopeStatement) or the whole
 	// transaction (ScopeTransaction) may succeed and the failed attempt had
 	// no effect. True exactly for deadlocks, serialization failures, lock
-	// timeouts, an unavailable server, and KindTxAborted whose cause is one
-	// of those.
+	// timeouts, an unavailable or read-only server (a new connection may
+	// reach one that serves, or the new primary), a connection the driver
+	// lost before it sent anything, and KindTxAborted whose cause is one of
+	// those. Not for a write refused because the transaction itself was
+	// declared read-only (MySQL's 1792): that would fail every time.
 	Retryable  bool
 	Dialect    Dialect
 	Code       string // MySQL error number or SQLite extended result code in decimal ("1062", "2067"), or the PostgreSQL SQLSTATE ("23505")
@@ -185,7 +188,20 @@ var (
 		"57P03": {Kind: KindUnavailable, Scope: ScopeStatement, Retryable: true}, // cannot_connect_now
 		"53300": {Kind: KindUnavailable, Scope: ScopeStatement, Retryable: true}, // too_many_connections
 		// A hot standby, or default_transaction_read_only.
-		"25006": {Kind: KindReadOnly, Scope: ScopeStatement}, // read_only_sql_transaction
+		"25006": {Kind: KindReadOnly, Scope: ScopeStatement, Retryable: true}, // read_only_sql_transaction
+	}
+
+	// pgMessages maps PostgreSQL SQLSTATEs that mean different things by
+	// their message, as mysqlMessages does.
+	pgMessages = map[string][]struct {
+		text  string
+		class Class
+	}{
+		"0A000": { // feature_not_supported
+			// lib/pq begins every transaction READ WRITE, which a hot
+			// standby refuses: the server is read-only, as after a failover.
+			{"during recovery", Class{Kind: KindReadOnly, Scope: ScopeStatement, Retryable: true}},
+		},
 	}
 
 	// mysqlCodes maps MySQL, MariaDB and TiDB error numbers. InnoDB rolls
@@ -226,8 +242,8 @@ var (
 		// desynced with wsrep_reject_queries, or is shutting down.
 		1047: {Kind: KindUnavailable, Scope: ScopeStatement, Retryable: true, SQLState: "08S01"}, // ER_UNKNOWN_COM_ERROR "WSREP has not yet prepared node"
 		// Writes refused by a read-only server or transaction.
-		1792: {Kind: KindReadOnly, Scope: ScopeStatement, SQLState: "25006"}, // ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
-		1836: {Kind: KindReadOnly, Scope: ScopeStatement, SQLState: "HY000"}, // ER_READ_ONLY_MODE
+		1792: {Kind: KindReadOnly, Scope: ScopeStatement, SQLState: "25006"},                  // ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION: the transaction's own
+		1836: {Kind: KindReadOnly, Scope: ScopeStatement, Retryable: true, SQLState: "HY000"}, // ER_READ_ONLY_MODE
 	}
 
 	// mysqlMessages maps MySQL numbers that mean different things by their
@@ -250,10 +266,16 @@ var (
 			{"Maximum writeset size exceeded", Class{Kind: KindTransactionRollback, Scope: ScopeTransaction}},
 		},
 		1290: { // ER_OPTION_PREVENTS_STATEMENT, also for --secure-file-priv and others
-			{"read-only", Class{Kind: KindReadOnly, Scope: ScopeStatement}},
-			{"read_only", Class{Kind: KindReadOnly, Scope: ScopeStatement}},
+			{"read-only", Class{Kind: KindReadOnly, Scope: ScopeStatement, Retryable: true}},
+			{"read_only", Class{Kind: KindReadOnly, Scope: ScopeStatement, Retryable: true}},
 		},
 	}
+
+	// readOnlyConnect are the messages of a connection refused because the
+	// server is read-only, where the DSN asks for a writable one: pgx's
+	// target_session_attrs=read-write ("ValidateConnect failed: read only
+	// connection") and lib/pq's.
+	readOnlyConnect = []string{"read only connection", "session is read-only", "server is in hot standby mode"}
 
 	// sqliteCodes maps SQLite extended result codes, and primary result
 	// codes (code & 0xff) as the fallback for extended codes not listed.
@@ -309,6 +331,19 @@ func Classify(err error) Class {
 	if err == nil {
 		return Class{}
 	}
+	// A RetryError is its last real cause, whatever ended the retries.
+	if e := (*RetryError)(nil); errors.As(err, &e) && e != nil && e.Err != nil {
+		return Classify(e.Err)
+	}
+	if e := (*connectError)(nil); errors.As(err, &e) && e != nil {
+		return classifyConnect(e)
+	}
+	if e := (*notSentError)(nil); errors.As(err, &e) && e != nil {
+		return e.class()
+	}
+	if e := (*rolledBackError)(nil); errors.As(err, &e) && e != nil {
+		return e.class()
+	}
 	// First, so that a doomed transaction is not mistaken for its cause.
 	if e := (*TxAbortedError)(nil); errors.As(err, &e) && e != nil {
 		c := Classify(e.Cause)
@@ -316,14 +351,14 @@ func Classify(err error) Class {
 		return c
 	}
 	if e := (*pq.Error)(nil); errors.As(err, &e) && e != nil {
-		return classifyPostgres(string(e.Code), e.Constraint, e.Table, e.Column)
+		return classifyPostgres(string(e.Code), e.Message, e.Constraint, e.Table, e.Column)
 	}
 	if e := (*mysql.MySQLError)(nil); errors.As(err, &e) && e != nil {
 		return classifyMySQL(e)
 	}
 	if e := sqlStater(nil); errors.As(err, &e) && !isNilPointer(e) {
 		constraint, table, column := pgxFields(e)
-		return classifyPostgres(e.SQLState(), constraint, table, column)
+		return classifyPostgres(e.SQLState(), stringField(reflect.Indirect(reflect.ValueOf(e)), "Message"), constraint, table, column)
 	}
 	if e := findSQLiteError(err); e != nil {
 		return classifySQLite(e.Code(), e.Error())
@@ -345,8 +380,14 @@ type sqlStater interface {
 	SQLState() string
 }
 
-func classifyPostgres(code, constraint, table, column string) Class {
+func classifyPostgres(code, message, constraint, table, column string) Class {
 	c := lookupState(pgCodes, code)
+	for _, m := range pgMessages[code] {
+		if strings.Contains(message, m.text) {
+			c = m.class
+			break
+		}
+	}
 	c.Dialect, c.Code, c.SQLState = DialectPostgres, code, code
 	c.Constraint, c.Table, c.Column = constraint, table, column
 	return c
@@ -486,10 +527,16 @@ func classifyOther(err error) Class {
 	// A refused or failed dial sent nothing.
 	case errors.Is(err, syscall.ECONNREFUSED), isDialError(err):
 		return Class{Kind: KindUnavailable, Scope: ScopeStatement, Retryable: true}
+	// pgx's failure to connect, whatever broke the handshake: nothing sent.
+	case isPgxConnectError(err):
+		if hasAnyText(err, readOnlyConnect) {
+			return Class{Kind: KindReadOnly, Scope: ScopeStatement, Retryable: true, Dialect: DialectPostgres}
+		}
+		return Class{Kind: KindUnavailable, Scope: ScopeStatement, Retryable: true, Dialect: DialectPostgres}
 	case errors.Is(err, ErrConnectionLost), errors.Is(err, driver.ErrBadConn),
 		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
 		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE),
-		isPgxConnError(err):
+		isPgxConnLost(err):
 		return Class{Kind: KindConnectionLost, Scope: ScopeUnknownOutcome}
 	}
 	if e := net.Error(nil); errors.As(err, &e) {
@@ -529,21 +576,36 @@ func hasText(err error, msg string) bool {
 
 var errorStringType = reflect.TypeOf(errors.New(""))
 
-// isPgxConnError recognises pgconn's "conn closed" (a statement on a
-// connection that died) and *pgconn.ConnectError, without importing pgx.
-func isPgxConnError(err error) bool {
-	if e := (interface {
+// isPgxConnLost recognises pgconn's "conn closed": a statement on a
+// connection that died, without importing pgx.
+func isPgxConnLost(err error) bool {
+	e := (interface {
 		error
 		SafeToRetry() bool
-	})(nil); errors.As(err, &e) && !isNilPointer(e) && e.Error() == "conn closed" {
-		return true
-	}
+	})(nil)
+	return errors.As(err, &e) && !isNilPointer(e) && e.Error() == "conn closed"
+}
+
+// isPgxConnectError recognises *pgconn.ConnectError, pgx's failure to open
+// a connection, without importing pgx.
+func isPgxConnectError(err error) bool {
 	for e := err; e != nil; e = errors.Unwrap(e) {
 		t := reflect.TypeOf(e)
 		if t.Kind() == reflect.Pointer {
 			t = t.Elem()
 		}
 		if t.Name() == "ConnectError" && strings.Contains(t.PkgPath(), "jackc/pgx") {
+			return true
+		}
+	}
+	return false
+}
+
+// hasAnyText reports whether err's message holds one of texts.
+func hasAnyText(err error, texts []string) bool {
+	msg := err.Error()
+	for _, t := range texts {
+		if strings.Contains(msg, t) {
 			return true
 		}
 	}

@@ -62,7 +62,7 @@ func TestClassifyPostgres(t *testing.T) {
 		{"57P02", KindConnectionLost, ScopeUnknownOutcome, false},
 		{"57P03", KindUnavailable, ScopeStatement, true},
 		{"53300", KindUnavailable, ScopeStatement, true},
-		{"25006", KindReadOnly, ScopeStatement, false},
+		{"25006", KindReadOnly, ScopeStatement, true},
 		{"08006", KindConnectionLost, ScopeUnknownOutcome, false},
 		// Unknown: 21000 is a cardinality violation, not a duplicate key.
 		{"21000", KindUnknown, ScopeNone, false},
@@ -132,7 +132,7 @@ func TestClassifyMySQL(t *testing.T) {
 		{1203, "", KindUnavailable, ScopeStatement, true, "42000"},
 		{1047, "08S01", KindUnavailable, ScopeStatement, true, "08S01"},
 		{1792, "25006", KindReadOnly, ScopeStatement, false, "25006"},
-		{1836, "", KindReadOnly, ScopeStatement, false, "HY000"},
+		{1836, "", KindReadOnly, ScopeStatement, true, "HY000"},
 		// The server's SQLSTATE wins over the table's.
 		{1213, "40001", KindDeadlock, ScopeTransaction, true, "40001"},
 		{9007, "HY000", KindSerializationFailure, ScopeTransaction, true, "HY000"},
@@ -171,22 +171,23 @@ func TestClassifyMySQLMessages(t *testing.T) {
 		msg    string
 		kind   Kind
 		scope  Scope
+		retry  bool
 	}{
-		{1180, "HY000", "Got error 6 \"No such device or address\" during COMMIT", KindUnknown, ScopeNone},
-		{1180, "HY000", "Error while appending streaming replication fragment(provider status: Not connected to Primary Component)", KindConnectionLost, ScopeUnknownOutcome},
-		{1180, "HY000", "Got error 90 \"Message too long\" during COMMIT: wsrep_max_ws_rows exceeded", KindTransactionRollback, ScopeTransaction},
-		{1180, "HY000", "wsrep_max_ws_rows exceeded", KindTransactionRollback, ScopeTransaction},
-		{1105, "HY000", "Maximum writeset size exceeded", KindTransactionRollback, ScopeTransaction},
-		{1105, "HY000", "Unknown error", KindUnknown, ScopeNone},
-		{1290, "HY000", "The MariaDB server is running with the --read-only option so it cannot execute this statement", KindReadOnly, ScopeStatement},
-		{1290, "HY000", "The MySQL server is running with the --super-read-only option so it cannot execute this statement", KindReadOnly, ScopeStatement},
-		{1290, "HY000", "The MySQL server is running with the --secure-file-priv option so it cannot execute this statement", KindUnknown, ScopeNone},
+		{1180, "HY000", "Got error 6 \"No such device or address\" during COMMIT", KindUnknown, ScopeNone, false},
+		{1180, "HY000", "Error while appending streaming replication fragment(provider status: Not connected to Primary Component)", KindConnectionLost, ScopeUnknownOutcome, false},
+		{1180, "HY000", "Got error 90 \"Message too long\" during COMMIT: wsrep_max_ws_rows exceeded", KindTransactionRollback, ScopeTransaction, false},
+		{1180, "HY000", "wsrep_max_ws_rows exceeded", KindTransactionRollback, ScopeTransaction, false},
+		{1105, "HY000", "Maximum writeset size exceeded", KindTransactionRollback, ScopeTransaction, false},
+		{1105, "HY000", "Unknown error", KindUnknown, ScopeNone, false},
+		{1290, "HY000", "The MariaDB server is running with the --read-only option so it cannot execute this statement", KindReadOnly, ScopeStatement, true},
+		{1290, "HY000", "The MySQL server is running with the --super-read-only option so it cannot execute this statement", KindReadOnly, ScopeStatement, true},
+		{1290, "HY000", "The MySQL server is running with the --secure-file-priv option so it cannot execute this statement", KindUnknown, ScopeNone, false},
 	}
 	for _, tt := range tests {
 		me := &mysql.MySQLError{Number: tt.number, Message: tt.msg}
 		copy(me.SQLState[:], tt.state)
 		for name, err := range wraps(me) {
-			if got := Classify(err); got.Kind != tt.kind || got.Scope != tt.scope || got.Retryable || got.SQLState != tt.state {
+			if got := Classify(err); got.Kind != tt.kind || got.Scope != tt.scope || got.Retryable != tt.retry || got.SQLState != tt.state {
 				t.Errorf("%d %q %s: Classify = %+v, want %v/%v", tt.number, tt.msg, name, got, tt.kind, tt.scope)
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
+	"time"
 
 	"github.com/ngrok/sqlmw"
 )
@@ -54,12 +55,33 @@ func (c *conn) IsValid() bool {
 }
 
 // ResetSession implements [driver.SessionResetter]: database/sql calls it
-// before reusing a pooled connection.
+// before reusing a pooled connection. A connection the server closed while
+// it sat in the pool (a restart, an idle timeout) is refused here, before
+// anything is sent on it, so that database/sql takes another: the statement
+// then runs once, where it would otherwise fail with an unknown outcome.
 func (c *conn) ResetSession(ctx context.Context) error {
-	if err := c.ic.resetSession(); err != nil {
+	if c.ic.sock != nil && c.ic.sock.peerGone() {
+		return driver.ErrBadConn
+	}
+	if err := c.ic.resetSession(ctx); err != nil {
 		return err
 	}
 	return c.mwConn.ResetSession(ctx)
+}
+
+// Ping implements [driver.Pinger], bounded by ctx like every call.
+func (c *conn) Ping(ctx context.Context) error {
+	w := c.ic.sock.watch(ctx)
+	return c.ic.settle(w, c.mwConn.Ping(ctx))
+}
+
+// settle disarms a call's watchdog (sock.go) and returns the call's error,
+// or an unknown outcome if the watchdog had to cut the call.
+func (ic *interceptor) settle(w *watchdog, err error) error {
+	if w.done(err) {
+		return ic.cutErr(w, err)
+	}
+	return err
 }
 
 // BaseConn returns the base driver's connection behind driverConn, the value
@@ -97,6 +119,9 @@ type interceptor struct {
 	cfg   *config
 	conn  driver.Conn      // the base connection, for the wrapper's own statements
 	valid driver.Validator // the base connection's, if it has one
+	sock  *sock            // its socket, when the wrapper dialed it (sock.go); else nil
+	txDog *watchdog        // bounds the transaction begun by BeginTx by its context
+	roGen uint64           // the read-only pacer's generation when the connection opened (readonly.go)
 
 	tx   txState
 	sess sessState
@@ -132,7 +157,14 @@ type txState struct {
 	// the same statement next, which reuses it.
 	pendingSP string
 	warned    bool // the budget warning was logged
+	wrote     bool // a statement that may write ran (conflict_verify_commit)
 	iso       txIso
+	// unsure: a text of several statements (or a compound statement) may
+	// have begun or ended a transaction in a way the wrapper could not
+	// follow. Until the state is known again (asked of a MySQL server, or
+	// a transaction boundary the driver saw), no savepoint is set, and the
+	// connection is not handed to the next user on a guess (resetSession).
+	unsure bool
 }
 
 // connect sets up a new connection's interceptor. It sends nothing: the
@@ -141,6 +173,7 @@ func (ic *interceptor) connect(c driver.Conn) {
 	ic.conn = c
 	ic.valid, _ = c.(driver.Validator)
 	ic.sess.autocommit = ic.cfg.autocommit
+	ic.roGen = ic.cfg.ro.born()
 }
 
 // inTx reports whether a statement now runs inside a transaction that the
@@ -171,8 +204,12 @@ func (ic *interceptor) endTx(chain bool) {
 // the next user would otherwise inherit either refusals or a server-side
 // transaction that an error already rolled back. driver.ErrBadConn makes
 // database/sql close the connection, which ends that transaction for real.
-func (ic *interceptor) resetSession() error {
+func (ic *interceptor) resetSession(ctx context.Context) error {
 	if ic.tx.doomed != nil || ic.sess.discard {
+		return driver.ErrBadConn
+	}
+	if ic.tx.unsure && (!ic.resolve(ctx) || ic.tx.active) {
+		// A transaction may be open, or is: closing the connection ends it.
 		return driver.ErrBadConn
 	}
 	if !ic.inTx() {
@@ -214,34 +251,70 @@ func (ic *interceptor) wrap(err error) error {
 
 // ConnBeginTx implements sqlmw.Interceptor.
 func (ic *interceptor) ConnBeginTx(ctx context.Context, conn driver.ConnBeginTx, opts driver.TxOptions) (context.Context, driver.Tx, error) {
+	w := ic.sock.watch(ctx)
 	tx, err := conn.BeginTx(ctx, opts)
-	if err != nil {
+	if err = ic.settle(w, err); err != nil {
+		// A standby refuses lib/pq's BEGIN READ WRITE: the next attempt
+		// must find the primary on a new connection.
+		ic.noteServer(Classify(err))
 		return ctx, nil, ic.wrap(err)
 	}
 	ic.beginTx(txIsolation(opts))
+	// database/sql rolls the transaction back when ctx ends, with a call
+	// that takes no context: the watchdog bounds it, and Commit, too.
+	ic.txDog = ic.sock.watch(ctx)
 	return ctx, tx, nil
+}
+
+// txEnded disarms the transaction's watchdog after Commit or Rollback
+// returned err, and returns err, or an unknown outcome if the watchdog cut
+// the call.
+func (ic *interceptor) txEnded(err error) error {
+	w := ic.txDog
+	ic.txDog = nil
+	return ic.settle(w, err)
 }
 
 // TxCommit implements sqlmw.Interceptor. A doomed transaction is rolled back
 // and its cause returned: committing it would persist only its second half.
 func (ic *interceptor) TxCommit(ctx context.Context, tx driver.Tx) error {
 	doomed := ic.tx.doomed
+	var id txIdentity
+	verify := false
+	if doomed == nil {
+		id, verify = ic.learnIdentity(ctx)
+	}
 	ic.endTx(ic.sess.chains)
 	if doomed != nil {
-		_ = tx.Rollback() // the cause is what the caller needs to see
+		_ = ic.txEnded(tx.Rollback()) // the cause is what the caller needs to see
 		return &TxAbortedError{Cause: doomed}
 	}
-	if err := tx.Commit(); err != nil {
+	if err := ic.txEnded(tx.Commit()); err != nil {
+		err = ic.notSentTx(err)
+		if verify && Classify(err).Scope == ScopeUnknownOutcome {
+			if err = ic.settleCommit(ctx, id, err); err == nil {
+				return nil
+			}
+		}
 		ic.commitFailed(ctx, err)
 		return ic.wrap(err)
 	}
 	return nil
 }
 
+// notSentTx is notSent for a transaction whose end the wrapper already
+// recorded.
+func (ic *interceptor) notSentTx(err error) error {
+	if ic.cfg.badConnSafe && errors.Is(err, driver.ErrBadConn) && !errors.As(err, new(*notSentError)) {
+		return &notSentError{err: err, tx: true}
+	}
+	return err
+}
+
 // TxRollback implements sqlmw.Interceptor.
 func (ic *interceptor) TxRollback(ctx context.Context, tx driver.Tx) error {
 	ic.endTx(ic.sess.chains)
-	err := tx.Rollback()
+	err := ic.txEnded(tx.Rollback())
 	if err != nil && ic.guards() && Classify(err).Dialect != DialectUnknown {
 		// The server refused the ROLLBACK (a Galera node that stopped
 		// serving): the transaction may still be open on this connection.
@@ -278,7 +351,12 @@ func (ic *interceptor) unended(err error) {
 // would not take writes (KindReadOnly): the next attempt connects anew, to
 // a node that serves, or to wherever the primary now is.
 func (ic *interceptor) noteServer(cl Class) {
-	if cl.Kind == KindReadOnly || cl.Kind == KindUnavailable && cl.Dialect != DialectUnknown {
+	switch {
+	case cl.Kind == KindReadOnly:
+		if !ic.sess.discard && ic.cfg.ro.discard(ic.roGen, time.Now()) {
+			ic.sess.discard = true
+		}
+	case cl.Kind == KindUnavailable && cl.Dialect != DialectUnknown:
 		ic.sess.discard = true
 	}
 }
@@ -290,8 +368,9 @@ func (ic *interceptor) ConnPrepareContext(ctx context.Context, conn driver.ConnP
 			return ctx, nil, ic.aborted()
 		}
 	}
+	w := ic.sock.watch(ctx)
 	st, err := conn.PrepareContext(ctx, query)
-	if err != nil {
+	if err = ic.settle(w, err); err != nil {
 		ic.stmtFailed(ctx, err, Classify(err))
 		return ctx, nil, ic.wrap(err)
 	}
@@ -304,17 +383,21 @@ func (ic *interceptor) ConnExecContext(ctx context.Context, conn driver.ExecerCo
 		return nil, driver.ErrSkip
 	}
 	c := call{query: query, hasArgs: len(args) > 0}
-	return run(ic, ctx, &c, func(ctx context.Context) (driver.Result, error) {
+	w := ic.sock.watch(ctx)
+	res, err := run(ic, ctx, &c, func(ctx context.Context) (driver.Result, error) {
 		return conn.ExecContext(ctx, query, args)
 	})
+	return res, ic.settle(w, err)
 }
 
 // StmtExecContext implements sqlmw.Interceptor.
 func (ic *interceptor) StmtExecContext(ctx context.Context, stmt driver.StmtExecContext, query string, args []driver.NamedValue) (driver.Result, error) {
 	c := call{query: query}
-	return run(ic, ctx, &c, func(ctx context.Context) (driver.Result, error) {
+	w := ic.sock.watch(ctx)
+	res, err := run(ic, ctx, &c, func(ctx context.Context) (driver.Result, error) {
 		return stmt.ExecContext(ctx, args)
 	})
+	return res, ic.settle(w, err)
 }
 
 // ConnQueryContext implements sqlmw.Interceptor.

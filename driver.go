@@ -31,7 +31,6 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 	"github.com/lib/pq"
-	"github.com/ngrok/sqlmw"
 )
 
 // Driver names registered by this package.
@@ -110,7 +109,13 @@ func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
 		return nil, err
 	}
 	var base driver.Connector
-	if dc, ok := d.base.(driver.DriverContext); ok {
+	if _, ok := d.base.(*pq.Driver); ok {
+		// lib/pq's Driver has no OpenConnector; its Connector dials with
+		// Connect's context, and lets the wrapper dial (sock.go).
+		if base, err = pq.NewConnector(baseDSN); err != nil {
+			return nil, redact(err, dsnSecrets(baseDSN))
+		}
+	} else if dc, ok := d.base.(driver.DriverContext); ok {
 		if base, err = dc.OpenConnector(baseDSN); err != nil {
 			return nil, redact(err, dsnSecrets(baseDSN))
 		}
@@ -141,6 +146,7 @@ type connector struct {
 	drv     *Driver
 	cfg     *config
 	secrets []string // the DSN's password's forms, to keep them out of Connect's errors
+	dials   bool     // the wrapper dials base's sockets (sock.go)
 }
 
 func newConnector(base driver.Connector, drv *Driver, opts Options) (*connector, error) {
@@ -150,27 +156,11 @@ func newConnector(base driver.Connector, drv *Driver, opts Options) (*connector,
 	if opts.Dialect == DialectUnknown {
 		opts.Dialect = detectDialect(base.Driver())
 	}
-	cfg := &config{Options: opts, sp: newSavepointSQL(), badConnSafe: badConnSafe(base.Driver())}
-	return &connector{base: base, drv: drv, cfg: cfg}, nil
-}
-
-// Connect opens a base connection and gives it its own interceptor. sqlmw
-// hands an interceptor no connection identity, so one interceptor per
-// connection is what makes the interceptor's fields the connection's state:
-// they live and die with the connection, with no map to leak or lock.
-func (c *connector) Connect(ctx context.Context) (driver.Conn, error) {
-	bc, err := c.base.Connect(ctx)
-	if err != nil {
-		return nil, redact(err, c.secrets)
-	}
-	ic := &interceptor{cfg: c.cfg}
-	ic.connect(bc)
-	mc, err := sqlmw.Driver(connDriver{bc}, ic).Open("")
-	if err != nil {
-		bc.Close()
-		return nil, err
-	}
-	return &conn{mwConn: mc.(mwConn), ic: ic}, nil
+	owned, dials := ownDialer(base, opts.CancelGrace)
+	base = owned.(driver.Connector)
+	cfg := &config{Options: opts, sp: newSavepointSQL(), badConnSafe: badConnSafe(base.Driver()),
+		schema: new(schemaFacts), ro: new(roPacer), base: base}
+	return &connector{base: base, drv: drv, cfg: cfg, dials: dials}, nil
 }
 
 // Driver implements [driver.Connector].
@@ -187,6 +177,9 @@ type config struct {
 	// autocommit: the session's autocommit when a connection opens, as the
 	// DSN sets it (go-sql-driver/mysql's autocommit parameter).
 	autocommit autocommitState
+	schema     *schemaFacts     // what the connections learned of the schema (schema.go)
+	ro         *roPacer         // how often read-only refusals may reconnect (readonly.go)
+	base       driver.Connector // for connections of the wrapper's own (verify.go)
 }
 
 func (c *config) logger() *slog.Logger {

@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"fmt"
 	"log/slog"
+	"regexp"
 	"time"
 
 	sqlmock "github.com/DATA-DOG/go-sqlmock"
@@ -35,11 +36,19 @@ func newMock(name string) (driver.Connector, sqlmock.Sqlmock) {
 
 // A deadlock in autocommit is retried; the Observer sees it.
 func ExampleNewConnector() {
-	base, mock := newMock("example_newconnector")
-	mock.ExpectExec("UPDATE accounts SET balance = balance - 10 WHERE id = 1").
+	raw, mock, err := sqlmock.NewWithDSN("example_newconnector") // expectations are regular expressions
+	if err != nil {
+		panic(err)
+	}
+	base := mockConnector{dsn: "example_newconnector", drv: raw.Driver()}
+	update := "UPDATE accounts SET balance = balance - 10 WHERE id = 1"
+	mock.ExpectExec(regexp.QuoteMeta(update)).
 		WillReturnError(&pq.Error{Code: "40P01", Message: "deadlock detected"})
-	mock.ExpectExec("UPDATE accounts SET balance = balance - 10 WHERE id = 1").
-		WillReturnResult(sqlmock.NewResult(0, 1))
+	// Before its first retry the wrapper reads, once per connector, which
+	// tables have triggers, rules or views whose functions a retry would
+	// call again: none here.
+	mock.ExpectQuery("FROM pg_catalog.pg_class").WillReturnRows(sqlmock.NewRows([]string{"name", "kind", "text"}))
+	mock.ExpectExec(regexp.QuoteMeta(update)).WillReturnResult(sqlmock.NewResult(0, 1))
 
 	opts := sqlconflict.DefaultOptions()
 	opts.Dialect = sqlconflict.DialectPostgres
@@ -54,7 +63,7 @@ func ExampleNewConnector() {
 	db := sql.OpenDB(connector)
 	defer db.Close()
 
-	_, err = db.Exec("UPDATE accounts SET balance = balance - 10 WHERE id = 1")
+	_, err = db.Exec(update)
 	fmt.Println("err:", err)
 	// Output:
 	// retry after deadlock (attempt 2)

@@ -221,7 +221,10 @@ func (ic *interceptor) blindReread(ctx context.Context, rs *rowsState, dest []dr
 		}
 		return io.EOF
 	case BlindRereadFix:
-		if lockq, ok := lockingReread(rs.q.query, shape); ok && !pg {
+		// The locking read runs the query again: only if that repeats
+		// nothing the server keeps (a SELECT may call a function that
+		// takes a lock).
+		if lockq, ok := lockingReread(rs.q.query, shape); ok && !pg && ic.rerunnable(ctx, &rs.c) {
 			rows, st, err := ic.queryAgain(ctx, rs.q, lockq)
 			if err != nil {
 				ic.stmtFailed(ctx, err, ic.scope(ctx, Classify(err)))

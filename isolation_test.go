@@ -184,6 +184,7 @@ func TestBlindRereadMockFlow(t *testing.T) {
 			}
 			fixed := tc.mode == BlindRereadFix && tc.level != "READ COMMITTED"
 			if fixed {
+				expectSchema(mock, DialectMySQL)
 				mock.ExpectQuery(sel + " LOCK IN SHARE MODE").WillReturnRows(sqlmock.NewRows([]string{"id"}).AddRow(42))
 			}
 			mock.ExpectRollback()
@@ -300,7 +301,8 @@ func TestIsolationHooksNoAlloc(t *testing.T) {
 			k := parseStmt(q)
 			c := call{query: q, kind: k}
 			if n := testing.AllocsPerRun(100, func() {
-				ic.afterStmt(k, q)
+				c.several = 0
+				ic.afterStmt(&c)
 				ic.rereadCheck(&c)
 			}); n != 0 {
 				t.Errorf("%v: %q: %v allocations, want 0", d, q, n)

@@ -32,6 +32,12 @@ const (
 	stmtCommit
 	stmtRollback
 	stmtSet
+	// stmtXA is MySQL's XA START/BEGIN, END, PREPARE, COMMIT and ROLLBACK:
+	// transaction boundaries of their own (see xaAction).
+	stmtXA
+	// stmtPrepareTx is PostgreSQL's PREPARE TRANSACTION, which ends the
+	// session's transaction as COMMIT does, committed or not.
+	stmtPrepareTx
 )
 
 // atomic reports the kinds that are one statement the server runs atomically
@@ -60,16 +66,33 @@ func parseStmt(q string) stmtKind {
 		if strings.EqualFold(w, "WORK") || strings.EqualFold(w, "TRANSACTION") {
 			w, _ = firstWord(rest)
 		}
-		if strings.EqualFold(w, "TO") {
+		switch {
+		case strings.EqualFold(w, "TO"):
 			return stmtRollbackTo
+		case strings.EqualFold(w, "PREPARED"):
+			return stmtOther // ROLLBACK PREPARED 'gid': another, prepared transaction
 		}
 		return stmtRollback
 	case strings.EqualFold(w, "ABORT"):
 		return stmtRollback
-	case strings.EqualFold(w, "COMMIT"), strings.EqualFold(w, "END"):
+	case strings.EqualFold(w, "COMMIT"):
+		if w, _ = firstWord(rest); strings.EqualFold(w, "PREPARED") {
+			return stmtOther // COMMIT PREPARED 'gid'
+		}
+		return stmtCommit
+	case strings.EqualFold(w, "END"):
 		return stmtCommit
 	case strings.EqualFold(w, "BEGIN"):
+		if w, _ = firstWord(rest); strings.EqualFold(w, "NOT") {
+			return stmtOther // MariaDB's BEGIN NOT ATOMIC ... END: a compound statement
+		}
 		return stmtBegin
+	case strings.EqualFold(w, "XA"):
+		return stmtXA
+	case strings.EqualFold(w, "PREPARE"):
+		if w, _ = firstWord(rest); strings.EqualFold(w, "TRANSACTION") {
+			return stmtPrepareTx
+		}
 	case strings.EqualFold(w, "START"):
 		if w, _ = firstWord(rest); strings.EqualFold(w, "TRANSACTION") {
 			return stmtBegin
@@ -97,6 +120,27 @@ func chain(q string) (chains, said bool) {
 		w, rest = firstWord(rest)
 	}
 	return false, false
+}
+
+// xaAction is what an XA statement does to the session's transaction.
+type xaAction uint8
+
+const (
+	xaOther xaAction = iota // XA END, XA PREPARE, XA RECOVER: the branch stays the session's
+	xaStart                 // XA START, XA BEGIN
+	xaEnd                   // XA COMMIT, XA ROLLBACK: the branch is over
+)
+
+// xa reads an XA statement's verb.
+func xa(q string) xaAction {
+	_, rest := firstWord(q) // XA
+	switch w, _ := firstWord(rest); {
+	case strings.EqualFold(w, "START"), strings.EqualFold(w, "BEGIN"):
+		return xaStart
+	case strings.EqualFold(w, "COMMIT"), strings.EqualFold(w, "ROLLBACK"):
+		return xaEnd
+	}
+	return xaOther
 }
 
 // firstWord skips blanks, comments and opening parentheses and returns the
@@ -167,35 +211,112 @@ type stmtShape struct {
 	// setOp: UNION, INTERSECT or EXCEPT outside parentheses; into: INTO
 	// outside parentheses. Either keeps a locking clause from being appended.
 	setOp, into bool
+	// effects: the statement does something the server does not roll back
+	// with it (effects.go): it assigns a user variable, takes or releases
+	// an advisory or named lock, changes a session setting, or writes a
+	// file. calls: it calls a function the wrapper does not know, which
+	// may do any of that.
+	effects, calls bool
+	// userVars: the text uses a MySQL user variable (@x), which a trigger
+	// body may assign with SET.
+	userVars bool
 	// end is where the statement's last token ends: a clause appended there
 	// joins the statement, before any trailing ';' or comment.
 	end int
 }
 
-// lexStmt reads q whole in dialect d's syntax. A backslash in a string
-// literal means an escape on MySQL unless NO_BACKSLASH_ESCAPES is set, and
-// nothing on PostgreSQL unless standard_conforming_strings is off: the
-// wrapper cannot know the session's setting, so such a text is read both
-// ways and is single only if both readings agree.
+// reading is one way the server may read a text: whether a backslash
+// escapes the next character in string literals (MySQL unless
+// NO_BACKSLASH_ESCAPES; PostgreSQL only with standard_conforming_strings
+// off), and whether MySQL reads "..." as an identifier (ANSI_QUOTES) rather
+// than a string.
+type reading struct{ escapes, ansiQuotes bool }
+
+// readings returns the ways dialect d's server may read q, the default
+// first. A text without a backslash reads the same every way: a doubled
+// quote is the only escape left, and a "..." identifier and a "..." string
+// end at the same quote.
+func readings(q string, d Dialect) []reading {
+	def := reading{escapes: d == DialectMySQL}
+	if d == DialectSQLite || strings.IndexByte(q, '\\') < 0 {
+		return []reading{def}
+	}
+	if d == DialectMySQL {
+		return []reading{def, {false, false}, {true, true}, {false, true}}
+	}
+	return []reading{def, {escapes: true}}
+}
+
+// lexStmt reads q whole in dialect d's syntax. The wrapper cannot know the
+// session's settings (sql_mode, standard_conforming_strings), so a text
+// whose meaning they could change is read every way the server might, and
+// is single only if every reading agrees.
 func lexStmt(q string, d Dialect) stmtShape {
-	s, backslash := lexOnce(q, d, d == DialectMySQL)
-	if backslash && d != DialectSQLite {
-		if t, _ := lexOnce(q, d, d != DialectMySQL); t != s {
+	rs := readings(q, d)
+	s := lexOnce(q, d, rs[0], nil)
+	for _, r := range rs[1:] {
+		if t := lexOnce(q, d, r, nil); t != s {
 			s.single = false
 		}
 	}
 	return s
 }
 
-// lexOnce is one reading of q; escapes says whether a backslash escapes the
-// next character in '...' (and, on MySQL, "...") literals. It also reports
-// whether such a literal held a backslash.
-func lexOnce(q string, d Dialect, escapes bool) (s stmtShape, backslash bool) {
+// splitStmts returns the statements of a text that holds several, as the
+// server runs them, with false when the lexer cannot tell where each ends
+// for certain, in every reading. Blank statements (";;") are left out.
+func splitStmts(q string, d Dialect) ([]string, bool) {
+	var first []int
+	for i, r := range readings(q, d) {
+		var all lexAll
+		if !lexOnce(q, d, r, &all).single {
+			return nil, false
+		}
+		if i == 0 {
+			first = all.ends
+		} else if !equalInts(all.ends, first) {
+			return nil, false
+		}
+	}
+	var out []string
+	start := 0
+	for _, e := range first {
+		if p := q[start:e]; strings.TrimSpace(p) != "" {
+			out = append(out, p)
+		}
+		start = e + 1
+	}
+	return out, true
+}
+
+func equalInts(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// lexAll asks lexOnce to read every statement of a text rather than stop
+// after the first.
+type lexAll struct {
+	ends []int          // where each statement ends: the index of its ';', or len(q)
+	name func(w string) // if set, called with each word and quoted identifier (without its quotes)
+}
+
+// lexOnce is one reading of q. With all non-nil it reads every statement
+// of the text, recording where each ends, and reports single when it
+// understood them all; the shape's flags are then those of the whole text.
+func lexOnce(q string, d Dialect, rd reading, all *lexAll) (s stmtShape) {
 	s.kind = parseStmt(q)
 	pg, my := d == DialectPostgres || d == DialectUnknown, d == DialectMySQL
 	depth, statements := 0, 0
-	understood := true
-	var prev string // the previous word, for two-word clauses
+	understood, content := true, false
+	var prev, ctx string // the previous word, and the word before the current dotted name
 	i := 0
 	for i < len(q) && understood {
 		c := q[i]
@@ -222,7 +343,7 @@ func lexOnce(q string, d Dialect, escapes bool) (s stmtShape, backslash bool) {
 			}
 			continue
 		}
-		if statements > 0 {
+		if statements > 0 && all == nil {
 			if c == ';' {
 				i++
 				continue
@@ -234,6 +355,10 @@ func lexOnce(q string, d Dialect, escapes bool) (s stmtShape, backslash bool) {
 		case c == ';':
 			if depth != 0 {
 				understood = false
+			}
+			if all != nil {
+				all.ends = append(all.ends, i)
+				content, prev, ctx = false, "", ""
 			}
 			statements = 1
 			i++
@@ -247,23 +372,30 @@ func lexOnce(q string, d Dialect, escapes bool) (s stmtShape, backslash bool) {
 			}
 			i++
 		case c == '\'':
-			var bs, ok bool
-			i, bs, ok = quoteEnd(q, i, '\'', escapes && d != DialectSQLite)
-			backslash = backslash || bs
-			understood = ok
-		case c == '"':
-			// An identifier on PostgreSQL and SQLite; a string on MySQL
-			// (an identifier with ANSI_QUOTES: both end at the same quote
-			// unless a backslash precedes one, which the second reading
-			// catches).
-			var bs, ok bool
-			i, bs, ok = quoteEnd(q, i, '"', escapes && my)
-			backslash = backslash || bs && my
-			understood = ok
-		case c == '`' && d != DialectPostgres:
 			var ok bool
-			i, _, ok = quoteEnd(q, i, '`', false)
+			i, _, ok = quoteEnd(q, i, '\'', rd.escapes && d != DialectSQLite)
 			understood = ok
+		case c == '"' || c == '`' && d != DialectPostgres:
+			// "..." is an identifier on PostgreSQL and SQLite, and on MySQL
+			// with ANSI_QUOTES; otherwise a string on MySQL.
+			ident := c == '`' || !my || rd.ansiQuotes
+			start := i
+			var ok bool
+			i, _, ok = quoteEnd(q, i, c, rd.escapes && !ident)
+			understood = ok
+			if ident && ok && all != nil && all.name != nil {
+				all.name(q[start+1 : i-1])
+			}
+			if ident && ok {
+				schema := ""
+				if start > 0 && q[start-1] == '.' {
+					schema = prev
+				} else {
+					ctx = prev
+				}
+				s.noteCall(ctx, "", schema, q, i, d)
+				prev = `"`
+			}
 		case c == '[' && d == DialectSQLite:
 			j := strings.IndexByte(q[i+1:], ']')
 			if j < 0 {
@@ -274,12 +406,22 @@ func lexOnce(q string, d Dialect, escapes bool) (s stmtShape, backslash bool) {
 			var ok bool
 			i, ok = dollarEnd(q, i)
 			understood = ok
+		case c == ':' && my && i+1 < len(q) && q[i+1] == '=':
+			s.effects = true // @x := ...: a user variable outlives the statement
+			i += 2
+		case c == '@' && my && i+1 < len(q) && isLetter(q[i+1]):
+			s.userVars = true
+			i++
 		case isLetter(c):
 			j := i
 			for j < len(q) && isLetter(q[j]) {
 				j++
 			}
 			w := q[i:j]
+			schema := ""
+			if i > 0 && q[i-1] == '.' {
+				schema = prev // the name is qualified: prev is its schema
+			}
 			i = j
 			if pg && (w == "E" || w == "e") && i < len(q) && q[i] == '\'' {
 				// E'...': backslash escapes whatever the settings say.
@@ -288,15 +430,28 @@ func lexOnce(q string, d Dialect, escapes bool) (s stmtShape, backslash bool) {
 				understood = ok
 				w = ""
 			}
+			if schema == "" {
+				ctx = prev
+			}
 			s.noteWord(prev, w, depth, i < len(q) && q[i] == '(')
+			if w != "" {
+				s.noteCall(ctx, w, schema, q, i, d)
+				if all != nil && all.name != nil {
+					all.name(w)
+				}
+			}
 			prev = w
 		default:
 			i++
 		}
+		content = true
 		s.end = i
 	}
-	s.single = understood && statements <= 1 && depth == 0
-	return s, backslash
+	if all != nil && content && understood {
+		all.ends = append(all.ends, len(q))
+	}
+	s.single = understood && (statements <= 1 || all != nil) && depth == 0
+	return s
 }
 
 // noteWord records what a word says about the statement. fn: the word is
@@ -320,6 +475,7 @@ func (s *stmtShape) noteWord(prev, w string, depth int, fn bool) {
 		s.setOp = true
 	case depth == 0 && strings.EqualFold(w, "INTO"):
 		s.into = true
+		s.noteInto(prev)
 	}
 }
 

@@ -1,6 +1,9 @@
 package sqlconflict
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestParseStmt(t *testing.T) {
 	for _, tc := range []struct {
@@ -31,6 +34,14 @@ func TestParseStmt(t *testing.T) {
 		{"START TRANSACTION WITH CONSISTENT SNAPSHOT", stmtBegin},
 		{"START SLAVE", stmtOther},
 		{"SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED", stmtSet},
+		{"XA START 'x'", stmtXA},
+		{"xa end 'x'", stmtXA},
+		{"PREPARE TRANSACTION 'gid'", stmtPrepareTx},
+		{"PREPARE s AS SELECT 1", stmtOther},
+		{"COMMIT PREPARED 'gid'", stmtOther},
+		{"ROLLBACK PREPARED 'gid'", stmtOther},
+		{"BEGIN WORK", stmtBegin},
+		{"BEGIN NOT ATOMIC SELECT 1; END", stmtOther},
 		{"CALL p()", stmtOther},
 		{"DO $$ BEGIN END $$", stmtOther},
 		{"EXECUTE s", stmtOther},
@@ -138,6 +149,11 @@ func TestLexStmt(t *testing.T) {
 		{my, "SELECT 'a\\'; DELETE FROM t; --'", false, false, false},
 		{pg, "SELECT 'C:\\dir' FROM t", true, false, false},
 		{my, "SELECT 'C:\\\\dir' FROM t", true, false, false},
+		// sql_mode=ANSI_QUOTES with backslash escapes: "\" is an identifier,
+		// 'a\' ' a string, so the server runs two statements, which the
+		// lexer's other readings (and the default's) call one.
+		{my, "INSERT INTO aq_log SET \"\\\" = 'a\\' '; UPDATE aq_hot SET v = v + 1 WHERE id = 1 -- \" -- '\nAND 1 = 1", false, false, true},
+		{my, "SELECT \"a;b\" FROM t", true, false, false},
 	} {
 		s := lexStmt(tc.q, tc.d)
 		if s.single != tc.single || s.locking != tc.locking || s.writes != tc.writes {
@@ -196,4 +212,91 @@ func FuzzLexStmt(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestXA(t *testing.T) {
+	for q, want := range map[string]xaAction{
+		"XA START 'a'": xaStart, "xa begin 'a'": xaStart, "XA END 'a'": xaOther, "XA PREPARE 'a'": xaOther,
+		"XA COMMIT 'a' ONE PHASE": xaEnd, "XA ROLLBACK 'a'": xaEnd, "XA RECOVER": xaOther,
+	} {
+		if got := xa(q); got != want {
+			t.Errorf("xa(%q) = %v, want %v", q, got, want)
+		}
+	}
+}
+
+// TestStmtEffects is the table of what a retry would repeat that the
+// server does not undo (effects.go), row by row.
+func TestStmtEffects(t *testing.T) {
+	const (
+		pg = DialectPostgres
+		my = DialectMySQL
+	)
+	for _, tc := range []struct {
+		d              Dialect
+		q              string
+		effects, calls bool
+	}{
+		{pg, "UPDATE t SET v = v + 1 WHERE id = $1", false, false},
+		{pg, "INSERT INTO t (a, b) VALUES ($1, $2) ON CONFLICT (a) DO UPDATE SET b = EXCLUDED.b RETURNING id", false, false},
+		{pg, "INSERT INTO s.t(a) VALUES (now()), (coalesce($1, 0))", false, false},
+		{pg, `INSERT INTO "t" ("a") VALUES (1)`, false, false},
+		{pg, "SELECT count(*), max(v)::numeric(10,2), lower(name) FROM t WHERE id IN (SELECT id FROM u) AND EXISTS (SELECT 1)", false, false},
+		{pg, "WITH x AS (SELECT 1) SELECT * FROM x", false, false},
+		{pg, "SELECT * FROM generate_series(1, 3) AS g(n)", false, false},
+		{pg, "SELECT nextval('s'), pg_catalog.now()", false, false},
+		{pg, "SELECT pg_advisory_xact_lock(1)", false, false},
+		{pg, "SELECT f()", false, true},
+		{pg, "SELECT f (1)", false, true},
+		{pg, "SELECT public.count(*) FROM t", false, true},
+		{pg, `SELECT "f"(1)`, false, true},
+		{pg, "UPDATE t SET v = my_fn(v) WHERE id = 1", false, true},
+		{pg, "SELECT pg_advisory_lock(1)", true, false},
+		{pg, "SELECT pg_catalog.pg_advisory_lock /* x */ (1)", true, false},
+		{pg, "SELECT PG_TRY_ADVISORY_LOCK(1)", true, false},
+		{pg, "SELECT set_config('x.y', '1', false)", true, false},
+		{pg, "SELECT setval('s', 10)", true, false},
+		{pg, "SELECT * INTO newt FROM t", true, false},
+		{pg, "SELECT 'pg_advisory_lock(1)', \"my_fn\" FROM t", false, false},
+		{my, "UPDATE t SET v = (@x := @x + 1) + GET_LOCK('l', 0) * 0 WHERE id = 1", true, false},
+		{my, "UPDATE t SET v = @x WHERE id = 1", false, false},
+		{my, "SELECT a INTO @x FROM t", true, false},
+		{my, "SELECT a FROM t INTO OUTFILE '/tmp/x'", true, false},
+		{my, "INSERT IGNORE INTO t(a) VALUES (1) ON DUPLICATE KEY UPDATE a = VALUES(a)", false, false},
+		{my, "INSERT t (a) VALUES (1)", false, false},
+		{my, "REPLACE INTO t (a) VALUES (REPLACE('a', 'b', 'c'))", false, false},
+		{my, "SELECT IF(a, 1, 2), IFNULL(b, 0), DATE_FORMAT(NOW(), '%Y') FROM t", false, false},
+		{my, "SELECT RELEASE_LOCK('l')", true, false},
+		{my, "SELECT `f`(1)", false, true},
+		{my, "SELECT my_udf(a) FROM t", false, true},
+		{my, "SELECT 'a := b', \"GET_LOCK(x)\" FROM t", false, false},
+	} {
+		s := lexStmt(tc.q, tc.d)
+		if s.effects != tc.effects || s.calls != tc.calls {
+			t.Errorf("%v %q: effects %v calls %v; want %v %v", tc.d, tc.q, s.effects, s.calls, tc.effects, tc.calls)
+		}
+	}
+}
+
+func TestSplitStmts(t *testing.T) {
+	for _, tc := range []struct {
+		d    Dialect
+		q    string
+		want []string
+		ok   bool
+	}{
+		{DialectPostgres, "BEGIN; UPDATE t SET v = 1; COMMIT;", []string{"BEGIN", " UPDATE t SET v = 1", " COMMIT"}, true},
+		{DialectPostgres, "SELECT ';'; ;SELECT $$;$$", []string{"SELECT ';'", "SELECT $$;$$"}, true},
+		{DialectPostgres, "SELECT 1", []string{"SELECT 1"}, true},
+		{DialectPostgres, "SELECT 'a\\'; COMMIT; --'", nil, false}, // standard_conforming_strings decides
+		{DialectMySQL, "SELECT 'a\\'; COMMIT; --'", nil, false},
+		{DialectMySQL, "SELECT 1 /*! ; COMMIT */", nil, false},
+		{DialectMySQL, "SELECT (1; COMMIT)", nil, false},
+		{DialectMySQL, "START TRANSACTION; INSERT INTO t VALUES ('a;b')", []string{"START TRANSACTION", " INSERT INTO t VALUES ('a;b')"}, true},
+	} {
+		got, ok := splitStmts(tc.q, tc.d)
+		if ok != tc.ok || strings.Join(got, "|") != strings.Join(tc.want, "|") {
+			t.Errorf("%v splitStmts(%q) = %q, %v; want %q, %v", tc.d, tc.q, got, ok, tc.want, tc.ok)
+		}
+	}
 }

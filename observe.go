@@ -17,9 +17,15 @@ const (
 	// EventTxDoomed: an error ended the transaction on the server; its
 	// remaining statements and Commit will fail with ErrTxAborted.
 	EventTxDoomed
+	// EventCommitSettled: a COMMIT whose answer was lost was settled by
+	// asking the server (conflict_verify_commit). Class is the zero Class
+	// (Kind unknown) when the transaction committed, KindConnectionLost
+	// with ScopeTransaction when it rolled back.
+	EventCommitSettled
 )
 
-// String returns "retry", "savepoint rollback" or "transaction doomed".
+// String returns "retry", "savepoint rollback", "transaction doomed" or
+// "commit settled".
 func (e Event) String() string {
 	switch e {
 	case EventRetry:
@@ -28,6 +34,8 @@ func (e Event) String() string {
 		return "savepoint rollback"
 	case EventTxDoomed:
 		return "transaction doomed"
+	case EventCommitSettled:
+		return "commit settled"
 	}
 	return "unknown"
 }

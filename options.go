@@ -83,7 +83,32 @@ type Options struct {
 	SavepointBudget int             // conflict_savepoint_budget: most savepoints per transaction; >= 0
 	BlindReread     BlindRereadMode // conflict_blind_reread: warn, error, fix or off
 	WrapErrors      bool            // conflict_wrap_errors: wrap base driver errors (any strconv.ParseBool value)
-	Logger          *slog.Logger    // nil means slog.Default(); not a DSN option
+	// RetryFunctions (conflict_retry_functions) lets a statement be run
+	// again when it calls a function the wrapper does not know, or touches
+	// a table whose triggers or view definition do: the application vouches
+	// that its functions take no advisory or named locks, set no session
+	// state and write only transactional tables. Off by default: such a
+	// statement is never retried (docs/retry.md). Known side effects (user
+	// variables, pg_advisory_lock, GET_LOCK, set_config, non-transactional
+	// tables) are never retried either way.
+	RetryFunctions bool
+	// CancelGrace (conflict_cancel_grace) is how long a call may go on
+	// after its context ended, for the base driver's own cancellation to
+	// answer (lib/pq sends a cancel request and waits for the server's
+	// reply). Past it the wrapper cuts the connection's socket, reports the
+	// outcome as unknown and discards the connection, so that a frozen
+	// server or a partition cannot hold a call past its deadline. Applies
+	// to connections whose socket the wrapper dials (docs/reliability.md).
+	CancelGrace time.Duration
+	// VerifyCommit (conflict_verify_commit, PostgreSQL) settles a COMMIT
+	// whose answer was lost: the wrapper learns a writing transaction's id
+	// before committing it (one round trip) and, if the connection breaks
+	// during COMMIT, asks the server on a fresh connection whether it
+	// committed (pg_xact_status). Commit then returns nil, or an error
+	// that says the transaction rolled back and may be run again, instead
+	// of an unknown outcome.
+	VerifyCommit bool
+	Logger       *slog.Logger // nil means slog.Default(); not a DSN option
 
 	// Observer, when set, is told of every retry, savepoint rollback and
 	// doomed transaction, synchronously, on the goroutine using the
@@ -105,6 +130,7 @@ func DefaultOptions() Options {
 		Savepoints:      SavepointsOff,
 		SavepointBudget: 32,
 		BlindReread:     BlindRereadFix,
+		CancelGrace:     50 * time.Millisecond,
 	}
 }
 
@@ -124,6 +150,8 @@ func (o Options) Validate() error {
 		return fmt.Errorf("sqlconflict: Options.Savepoints (conflict_savepoints) must be SavepointsOff or SavepointsWrites, got %d", int(o.Savepoints))
 	case o.SavepointBudget < 0:
 		return fmt.Errorf("sqlconflict: Options.SavepointBudget (conflict_savepoint_budget) must be >= 0, got %d", o.SavepointBudget)
+	case o.CancelGrace < 0:
+		return fmt.Errorf("sqlconflict: Options.CancelGrace (conflict_cancel_grace) must be >= 0, got %v", o.CancelGrace)
 	case o.BlindReread < BlindRereadWarn || o.BlindReread > BlindRereadFix:
 		return fmt.Errorf("sqlconflict: Options.BlindReread (conflict_blind_reread) must be BlindRereadWarn, BlindRereadError, BlindRereadOff or BlindRereadFix, got %d", int(o.BlindReread))
 	}
@@ -155,7 +183,8 @@ const (
 const (
 	dsnOptionPrefix = "conflict_"
 	dsnOptionList   = "conflict_retries, conflict_retry_timeout, conflict_backoff, conflict_max_backoff, conflict_savepoints, " +
-		"conflict_savepoint_budget, conflict_blind_reread, conflict_wrap_errors"
+		"conflict_savepoint_budget, conflict_blind_reread, conflict_wrap_errors, conflict_retry_functions, conflict_cancel_grace, " +
+		"conflict_verify_commit"
 )
 
 // SplitDSN reads the conflict_* options out of dsn, starting from base
@@ -434,6 +463,7 @@ func (r *optionReader) set(name, val string, valErr error) error {
 	var want string
 	count := func() (int, bool) { n, err := strconv.Atoi(val); return n, err == nil && n >= 0 }
 	duration := func() (time.Duration, bool) { d, err := time.ParseDuration(val); return d, err == nil && d >= 0 }
+	boolean := func() (bool, bool) { b, err := strconv.ParseBool(val); return b, err == nil }
 	switch key {
 	case "conflict_retries":
 		o.Retries, ok = count()
@@ -457,10 +487,17 @@ func (r *optionReader) set(name, val string, valErr error) error {
 		o.BlindReread, ok = parseOptionEnum(val, BlindRereadFix)
 		want = `"warn", "error", "fix" or "off"`
 	case "conflict_wrap_errors":
-		var err error
-		o.WrapErrors, err = strconv.ParseBool(val)
-		ok = err == nil
+		o.WrapErrors, ok = boolean()
 		want = `a boolean such as "true" or "false"`
+	case "conflict_retry_functions":
+		o.RetryFunctions, ok = boolean()
+		want = `a boolean such as "true" or "false"`
+	case "conflict_verify_commit":
+		o.VerifyCommit, ok = boolean()
+		want = `a boolean such as "true" or "false"`
+	case "conflict_cancel_grace":
+		o.CancelGrace, ok = duration()
+		want = `a duration >= 0 such as "50ms"`
 	default:
 		return fmt.Errorf("sqlconflict: unknown DSN option %s (known: %s)", r.quote(name), dsnOptionList)
 	}

@@ -153,7 +153,8 @@ const (
 func setAllOptions(o *sqlconflict.Options) {
 	*o = sqlconflict.Options{Retries: 7, RetryTimeout: 3 * time.Second, Backoff: time.Millisecond, MaxBackoff: 2 * time.Second,
 		Savepoints: sqlconflict.SavepointsWrites, SavepointBudget: 4,
-		BlindReread: sqlconflict.BlindRereadOff, WrapErrors: true}
+		BlindReread: sqlconflict.BlindRereadOff, WrapErrors: true,
+		RetryFunctions: true, CancelGrace: 20 * time.Millisecond, VerifyCommit: true}
 }
 
 func TestSplitDSN(t *testing.T) {
@@ -208,7 +209,8 @@ func TestSplitDSN(t *testing.T) {
 		{name: "url/all mixed", form: formURL,
 			dsn: "postgresql://alice:pw@db:5432/app?conflict_retries=7&sslmode=disable&conflict_backoff=1ms&conflict_retry_timeout=3s&" +
 				"application_name=a%26b&conflict_max_backoff=2s&conflict_savepoints=writes&connect_timeout=5&" +
-				"conflict_savepoint_budget=4&conflict_blind_reread=off&conflict_wrap_errors=true",
+				"conflict_savepoint_budget=4&conflict_blind_reread=off&conflict_wrap_errors=true&conflict_retry_functions=1&" +
+				"conflict_cancel_grace=20ms&conflict_verify_commit=true",
 			want: "postgresql://alice:pw@db:5432/app?sslmode=disable&application_name=a%26b&connect_timeout=5",
 			opts: setAllOptions},
 		{name: "url/escaped password", form: formURL,
@@ -271,7 +273,8 @@ func TestSplitDSN(t *testing.T) {
 			opts: func(o *sqlconflict.Options) { o.Retries, o.Backoff = 5, time.Millisecond }},
 		{name: "kv/all mixed", form: formKV,
 			dsn: "conflict_retries=7 host=db conflict_backoff=1ms conflict_max_backoff=2s dbname=app conflict_retry_timeout='3s' " +
-				"conflict_savepoints=writes\tconflict_savepoint_budget=4\nsslmode=disable conflict_blind_reread=off conflict_wrap_errors=t",
+				"conflict_savepoints=writes\tconflict_savepoint_budget=4\nsslmode=disable conflict_blind_reread=off conflict_wrap_errors=t " +
+				"conflict_retry_functions=true conflict_cancel_grace='20ms' conflict_verify_commit=1",
 			want: "host=db dbname=app sslmode=disable",
 			opts: setAllOptions},
 		{name: "kv/spaces around =", form: formKV,
@@ -348,7 +351,8 @@ func TestSplitDSN(t *testing.T) {
 		{name: "mysql/all mixed", form: formMySQL,
 			dsn: "alice:pw@tcp(db:3306)/app?conflict_retries=7&parseTime=true&conflict_backoff=1ms&conflict_retry_timeout=3000ms&" +
 				"conflict_max_backoff=2s&conflict_savepoints=writes&loc=Europe%2FParis&" +
-				"conflict_savepoint_budget=4&conflict_blind_reread=off&conflict_wrap_errors=TRUE",
+				"conflict_savepoint_budget=4&conflict_blind_reread=off&conflict_wrap_errors=TRUE&conflict_retry_functions=true&" +
+				"conflict_cancel_grace=20ms&conflict_verify_commit=true",
 			want: "alice:pw@tcp(db:3306)/app?parseTime=true&loc=Europe%2FParis",
 			opts: setAllOptions},
 		{name: "mysql/password specials", form: formMySQL,
@@ -408,7 +412,8 @@ func TestSplitDSN(t *testing.T) {
 		{name: "query/all mixed", form: formQuery,
 			dsn: "file:/tmp/app.db?conflict_retries=7&_pragma=busy_timeout(0)&conflict_backoff=1ms&conflict_retry_timeout=3s&" +
 				"conflict_max_backoff=2s&_pragma=journal_mode(WAL)&conflict_savepoints=writes&" +
-				"conflict_savepoint_budget=4&conflict_blind_reread=off&conflict_wrap_errors=true&_time_format=sqlite",
+				"conflict_savepoint_budget=4&conflict_blind_reread=off&conflict_wrap_errors=true&_time_format=sqlite&" +
+				"conflict_retry_functions=true&conflict_cancel_grace=20ms&conflict_verify_commit=true",
 			want: "file:/tmp/app.db?_pragma=busy_timeout(0)&_pragma=journal_mode(WAL)&_time_format=sqlite",
 			opts: setAllOptions},
 		{name: "query/slash after ?", form: formQuery,
@@ -691,7 +696,8 @@ func TestValidate(t *testing.T) {
 
 func TestDefaultOptions(t *testing.T) {
 	want := sqlconflict.Options{Retries: 50, RetryTimeout: 10 * time.Second, Backoff: 5 * time.Millisecond, MaxBackoff: time.Second,
-		Savepoints: sqlconflict.SavepointsOff, SavepointBudget: 32, BlindReread: sqlconflict.BlindRereadFix}
+		Savepoints: sqlconflict.SavepointsOff, SavepointBudget: 32, BlindReread: sqlconflict.BlindRereadFix,
+		CancelGrace: 50 * time.Millisecond}
 	if got := sqlconflict.DefaultOptions(); !reflect.DeepEqual(got, want) {
 		t.Errorf("DefaultOptions() = %+v, want %+v", got, want)
 	}

@@ -14,6 +14,7 @@ type call struct {
 	hasArgs bool
 	kind    stmtKind
 	guarded bool      // runs behind the wrapper's savepoint
+	several uint8     // 0: not looked at yet; 1: one statement (or not several for certain); 2: several (multi)
 	first   error     // the first attempt's error
 	failed  time.Time // when the first attempt failed: the retries' time budget starts there
 }
@@ -28,12 +29,15 @@ func run[T any](ic *interceptor, ctx context.Context, c *call, do func(context.C
 		if err := ic.beforeTxStmt(ctx, c); err != nil {
 			return zero, err
 		}
+		if ic.cfg.VerifyCommit && !ic.tx.wrote {
+			ic.tx.wrote = c.kind != stmtSelect || lexStmt(c.query, ic.cfg.Dialect).calls
+		}
 	}
 	for attempt := 0; ; attempt++ {
 		alive := ic.alive()
 		v, err := do(ctx)
 		if err == nil {
-			ic.afterStmt(c.kind, c.query)
+			ic.afterStmt(c)
 			return v, nil
 		}
 		if ic.noteSkip(err, c.hasArgs) {
@@ -74,10 +78,45 @@ func (ic *interceptor) inFlight(ctx context.Context, err error, alive bool) erro
 	return &LostConnError{Cause: err}
 }
 
+// notSent reads driver.ErrBadConn inside a transaction from a driver that
+// keeps the contract: the statement (or COMMIT) was not sent, or was
+// refused unapplied (go-sql-driver/mysql's rejectReadOnly failover), and
+// the connection is gone, with the transaction. database/sql does not retry
+// inside a transaction; the error says that nothing committed and that the
+// whole transaction may run again.
+func (ic *interceptor) notSent(err error) error {
+	if ic.cfg.badConnSafe && ic.inTx() && errors.Is(err, driver.ErrBadConn) && !errors.As(err, new(*notSentError)) {
+		return &notSentError{err: err, tx: true}
+	}
+	return err
+}
+
+// notSentError is driver.ErrBadConn from a base driver that answers it only
+// when it sent nothing (badConnSafe), inside a transaction: the statement
+// was not applied, the connection is closed, and the transaction rolled
+// back with it. It unwraps to driver.ErrBadConn, which database/sql needs
+// to close the connection; it reads (Error) as the driver's error.
+type notSentError struct {
+	err error
+	tx  bool // the transaction is gone with the connection
+}
+
+func (e *notSentError) Error() string { return e.err.Error() }
+func (e *notSentError) Unwrap() error { return e.err }
+
+func (e *notSentError) class() Class {
+	scope := ScopeStatement
+	if e.tx {
+		scope = ScopeTransaction
+	}
+	return Class{Kind: KindConnectionLost, Scope: scope, Retryable: true}
+}
+
 // failed applies the policy to a failed attempt: it reports whether to run the
 // statement again (after backing off) and otherwise the error to return.
 // canRetry is false once rows have reached the caller.
 func (ic *interceptor) failed(ctx context.Context, c *call, err error, attempt int, canRetry bool) (bool, error) {
+	err = ic.notSent(err)
 	cl := ic.scope(ctx, Classify(err))
 	if c.first == nil {
 		c.first, c.failed = err, time.Now()
@@ -87,19 +126,32 @@ func (ic *interceptor) failed(ctx context.Context, c *call, err error, attempt i
 		// aborted. The first error is the application's.
 		return false, ic.wrap(c.first)
 	}
+	if ic.multi(c) {
+		// Never run again (not atomic), and it stopped part way: what it
+		// did to the session is known only by asking.
+		ic.afterMulti(c.query, false)
+	}
 	switch {
-	case c.kind == stmtCommit || c.kind == stmtRollback:
+	case c.kind == stmtCommit || c.kind == stmtRollback || c.kind == stmtPrepareTx:
 		// A COMMIT or ROLLBACK that fails ends the transaction all the
 		// same: the server has rolled it back, or is made to.
 		ic.endTx(false)
 		ic.commitFailed(ctx, err)
 		return false, ic.wrap(err)
+	case c.kind == stmtXA:
+		// XA COMMIT or ROLLBACK answered with XA_RB*: the branch was
+		// rolled back, and is over. Other refusals leave it as it was.
+		if xa(c.query) == xaEnd && cl.Dialect == DialectMySQL && (cl.Code == "1402" || cl.Code == "1613" || cl.Code == "1614") {
+			ic.endTx(false)
+		}
+		ic.stmtFailed(ctx, err, cl)
+		return false, ic.wrap(err)
 	case !ic.inTx():
 		// Autocommit, as the wrapper knows it. Run it again only if it is
 		// one atomic statement (never CALL, DO, or a string of several)
 		// that the server undid, and the server confirms autocommit.
-		if !canRetry || !cl.Retryable || !ic.budget(c, attempt) ||
-			!c.kind.atomic() || !lexStmt(c.query, ic.cfg.Dialect).single || !ic.confirmAutocommit(ctx) {
+		if !canRetry || !retriesInPlace(cl) || !ic.budget(c, attempt) ||
+			!ic.rerunnable(ctx, c) || !ic.confirmAutocommit(ctx) {
 			ic.stmtFailed(ctx, err, cl)
 			return false, ic.wrap(err)
 		}
@@ -109,7 +161,7 @@ func (ic *interceptor) failed(ctx context.Context, c *call, err error, attempt i
 		if !ic.undo(ctx, err, cl, attempt) {
 			return false, ic.wrap(err)
 		}
-		if !canRetry || !ic.budget(c, attempt) {
+		if !canRetry || !ic.budget(c, attempt) || !ic.rerunnable(ctx, c) {
 			return false, ic.wrap(err)
 		}
 		ic.tx.savepoints++ // the retry uses a new subtransaction
@@ -130,10 +182,43 @@ func (ic *interceptor) failed(ctx context.Context, c *call, err error, attempt i
 	if t := ic.cfg.RetryTimeout; t > 0 {
 		wait = min(wait, t-time.Since(c.failed))
 	}
-	if werr := sleep(ctx, wait); werr != nil {
-		return false, werr
+	if sleep(ctx, wait) != nil {
+		// The context ended before the retry: the call returns what the
+		// last attempt got, the driver's own error. That attempt had no
+		// effect (it would not have been retried otherwise), and
+		// Classify says so, where the context's error would read as an
+		// unknown outcome.
+		if !ic.inTx() {
+			ic.stmtFailed(ctx, err, cl)
+		}
+		return false, ic.wrap(err)
 	}
 	return true, nil
+}
+
+// retriesInPlace reports the errors worth running the statement again for
+// on the same connection: a conflict a moment may clear, or a server not
+// ready yet. A read-only server stays read-only for this connection; only a
+// new connection (RunTx's next attempt) may reach a primary.
+func retriesInPlace(cl Class) bool {
+	return cl.Retryable && cl.Kind != KindReadOnly
+}
+
+// rerunnable reports whether running the statement's text again alone
+// repeats nothing the server did not undo: it is one atomic statement
+// (never CALL, DO, or a string of several), it assigns no user variable,
+// takes no advisory or named lock and changes no setting, calls no function
+// the wrapper does not know (unless conflict_retry_functions), and touches
+// no table whose engine, triggers or definition could do any of that.
+func (ic *interceptor) rerunnable(ctx context.Context, c *call) bool {
+	if !c.kind.atomic() {
+		return false
+	}
+	s := lexStmt(c.query, ic.cfg.Dialect)
+	if !s.single || s.effects || s.calls && !ic.cfg.RetryFunctions {
+		return false
+	}
+	return ic.schemaAllows(ctx, c.query)
 }
 
 // budget reports whether the statement may be retried once more: within

@@ -141,6 +141,7 @@ func TestQueryRetryBeforeFirstRow(t *testing.T) {
 	db, mock := mockDB(t, opts)
 	q := "SELECT x FROM t WHERE id = 1 FOR UPDATE"
 	mock.ExpectQuery(exact(q)).WillReturnRows(sqlmock.NewRows([]string{"x"}).AddRow(1).RowError(0, errPGDeadlock))
+	expectSchema(mock, DialectPostgres)
 	mock.ExpectQuery(exact(q)).WillReturnRows(sqlmock.NewRows([]string{"x"}).AddRow(7))
 	var x int
 	if err := db.QueryRow(q).Scan(&x); err != nil || x != 7 {

@@ -28,9 +28,10 @@ type rowsState struct {
 	q       queryCall
 	c       call
 	attempt int
-	handed  bool // a row reached the caller
-	reread  bool // the first read after a unique violation (isolation.go)
-	done    bool // the rows may not be run again
+	handed  bool      // a row reached the caller
+	reread  bool      // the first read after a unique violation (isolation.go)
+	done    bool      // the rows may not be run again
+	dog     *watchdog // bounds the query by its context until the rows close (sock.go)
 }
 
 // queryCall is one query on the base connection or statement.
@@ -51,15 +52,16 @@ func (c queryCall) do(ctx context.Context) (driver.Rows, error) {
 // query1 runs a query and follows its rows.
 func query1(ic *interceptor, ctx context.Context, q queryCall, hasArgs bool) (context.Context, driver.Rows, error) {
 	c := call{query: q.query, hasArgs: hasArgs}
+	w := ic.sock.watch(ctx) // rows read from the socket until they close
 	rows, err := run(ic, ctx, &c, q.do)
 	if err != nil {
-		return ctx, nil, err
+		return ctx, nil, ic.settle(w, err)
 	}
 	rs := &ic.rows
 	if rs.ic != nil {
 		rs = new(rowsState) // the slot's query is still open
 	}
-	*rs = rowsState{ic: ic, orig: rows, rows: rows, q: q, c: c, reread: ic.rereadCheck(&c)}
+	*rs = rowsState{ic: ic, orig: rows, rows: rows, q: q, c: c, reread: ic.rereadCheck(&c), dog: w}
 	return ctx, rs, nil
 }
 
@@ -105,6 +107,11 @@ func (rs *rowsState) next(ctx context.Context, dest []driver.Value) error {
 			// connection is not free while a result set is open.
 			_ = rs.closeRows()
 		}
+		if rs.dog.cuts(err) {
+			rs.done = true
+			ic.stmtFailed(ctx, err, Classify(err))
+			return ic.cutErr(rs.dog, err)
+		}
 		again, out := ic.failed(ctx, &rs.c, err, rs.attempt, !rs.handed && !rs.done)
 		if !again {
 			rs.done = true
@@ -123,8 +130,12 @@ func (rs *rowsState) close(ctx context.Context) error {
 	}
 	err := rs.closeRows()
 	failed := err != nil && !rs.done
+	dog := rs.dog
 	if rs == &ic.rows {
 		ic.rows = rowsState{} // free the slot
+	}
+	if dog.done(err) {
+		return ic.cutErr(dog, err)
 	}
 	if failed {
 		ic.stmtFailed(ctx, err, ic.scope(ctx, Classify(err)))

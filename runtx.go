@@ -47,19 +47,43 @@ const (
 // version = $n matched no row because another transaction got there first.
 var ErrRetryTx = errors.New("sqlconflict: transaction should be retried")
 
-// RetryError is returned when the last attempt failed with an error that
-// would have been retried. It wraps that error.
+// RetryError is returned when retrying stopped while the last attempt's
+// error was one that another attempt might have cured: the attempts or the
+// time ran out, or the caller's context ended. Err is the last real cause,
+// what the server or the network said; [Classify] classifies a RetryError
+// as Err, so a deadline that ended the waiting for a server that refused
+// connections reads as unavailable, nothing sent, not as an unknown
+// outcome. errors.Is and errors.As reach Err and, when set, Ctx
+// (errors.Is(err, context.DeadlineExceeded)).
 type RetryError struct {
 	Attempts int
 	Err      error
+	// Ctx is the context's error when the context ended the retries, else
+	// nil.
+	Ctx error
+
+	op string // what was retried, for the message: "transaction" (RunTx) or "connect"
 }
 
 func (e *RetryError) Error() string {
-	return fmt.Sprintf("sqlconflict: transaction failed after %d attempts: %v", e.Attempts, e.Err)
+	op := e.op
+	if op == "" {
+		op = "transaction"
+	}
+	if e.Ctx != nil {
+		return fmt.Sprintf("sqlconflict: %s failed after %d attempts, then %v: %v", op, e.Attempts, e.Ctx, e.Err)
+	}
+	return fmt.Sprintf("sqlconflict: %s failed after %d attempts: %v", op, e.Attempts, e.Err)
 }
 
-// Unwrap returns the last attempt's error.
-func (e *RetryError) Unwrap() error { return e.Err }
+// Unwrap returns the last attempt's error and, if the context ended the
+// retries, the context's error.
+func (e *RetryError) Unwrap() []error {
+	if e.Ctx == nil {
+		return []error{e.Err}
+	}
+	return []error{e.Err, e.Ctx}
+}
 
 // RunTx is TxRunner{}.Run: it runs fn in a transaction, retrying the whole
 // transaction on deadlocks, serialization failures and lock timeouts.
@@ -91,20 +115,28 @@ func (r TxRunner) Run(ctx context.Context, db TxBeginner, opts *sql.TxOptions, f
 	}
 	waits := 0 // attempts followed by a wait
 	start := time.Now()
+	var last error // the last attempt's error that was not the context's
 	for attempt := 1; ; attempt++ {
-		hooks, err := runOnce(ctx, db, opts, fn, r.RetryUniqueViolation)
+		hooks, began, err := runOnce(ctx, db, opts, fn, r.RetryUniqueViolation)
 		if err == nil {
 			for _, f := range hooks {
 				f()
 			}
 			return nil
 		}
-		if !r.retryable(err) {
+		if !began && last != nil && ctx.Err() != nil {
+			// The context ended while this attempt waited for a
+			// connection: nothing of it was sent, and what stopped the
+			// reruns is the last real cause.
+			return &RetryError{Attempts: attempt - 1, Err: last, Ctx: context.Cause(ctx)}
+		}
+		if !r.retryable(err, opts) {
 			return err
 		}
 		if attempt >= attempts {
 			return &RetryError{Attempts: attempt, Err: err}
 		}
+		last = err
 		// A unique violation is raised only once the conflicting row is
 		// committed (the server waits for its writer), so a rerun after the
 		// first attempt's duplicate goes at once: it will see the row.
@@ -117,39 +149,64 @@ func (r TxRunner) Run(ctx context.Context, db TxBeginner, opts *sql.TxOptions, f
 			return &RetryError{Attempts: attempt, Err: err}
 		}
 		if werr := sleep(ctx, wait); werr != nil {
-			return werr
+			return &RetryError{Attempts: attempt, Err: err, Ctx: context.Cause(ctx)}
 		}
 		waits++
 	}
 }
 
-func (r TxRunner) retryable(err error) bool {
+// retryable reports whether err may be cured by another attempt. A write
+// refused as read-only is, when the server is read-only (a standby, a
+// failover under way), but not in a transaction the application itself
+// began READ ONLY.
+func (r TxRunner) retryable(err error, opts *sql.TxOptions) bool {
 	if errors.Is(err, ErrRetryTx) {
 		return true
 	}
 	cl := Classify(err)
-	if cl.Scope == ScopeUnknownOutcome {
+	switch {
+	case cl.Scope == ScopeUnknownOutcome:
+		return false
+	case cl.Kind == KindReadOnly && opts != nil && opts.ReadOnly:
 		return false
 	}
 	return cl.Retryable || r.RetryUniqueViolation && cl.Kind == KindUniqueViolation
 }
 
+// ErrTxEnded is returned by RunTx when its function committed or rolled
+// back the transaction itself: RunTx commits it when the function returns
+// nil, and it cannot tell what the function's own Commit did, nor run the
+// OnCommit hooks, which did not run. It matches sql.ErrTxDone too.
+var ErrTxEnded = fmt.Errorf("sqlconflict: the RunTx function ended the transaction itself (Commit or Rollback); "+
+	"return nil and let RunTx commit: %w", sql.ErrTxDone)
+
 // runOnce is one attempt. It returns the OnCommit hooks of a committed
-// transaction.
-func runOnce(ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(context.Context, *sql.Tx) error, retryUnique bool) ([]func(), error) {
+// transaction, and whether the transaction began. A panic in fn rolls the
+// transaction back before it goes on up, as net/http's recovery would
+// otherwise leave the connection in the transaction, its locks held.
+func runOnce(ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(context.Context, *sql.Tx) error, retryUnique bool) (_ []func(), began bool, _ error) {
 	tx, err := db.BeginTx(ctx, opts)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	hooks := &commitHooks{retryUnique: retryUnique}
+	defer func() {
+		if p := recover(); p != nil {
+			_ = tx.Rollback()
+			panic(p)
+		}
+	}()
 	if err := fn(context.WithValue(ctx, commitHooksKey{}, hooks), tx); err != nil {
 		_ = tx.Rollback() // fn's error is the one that matters
-		return nil, err
+		return nil, true, err
 	}
 	if err := tx.Commit(); err != nil {
-		return nil, err
+		if errors.Is(err, sql.ErrTxDone) && ctx.Err() == nil {
+			return nil, true, ErrTxEnded
+		}
+		return nil, true, err
 	}
-	return hooks.fns, nil
+	return hooks.fns, true, nil
 }
 
 type commitHooksKey struct{}

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"database/sql/driver"
 	"encoding/hex"
+	"strings"
 )
 
 // spSQL is the wrapper's savepoint statements. The name is the same for a
@@ -36,6 +37,12 @@ func newSavepointSQL() spSQL {
 // still usable.
 func (ic *interceptor) guard(ctx context.Context, c *call) bool {
 	if ic.cfg.Savepoints != SavepointsWrites || ic.tx.failed || !ic.isWrite(c) {
+		return false
+	}
+	if ic.tx.unsure && (!ic.resolve(ctx) || !ic.inTx()) {
+		// A savepoint outside a transaction is an error (PostgreSQL's
+		// 25P01), and one inside a transaction the wrapper cannot follow
+		// guards nothing it can account for.
 		return false
 	}
 	if ic.tx.savepoints >= ic.cfg.SavepointBudget {
@@ -109,23 +116,45 @@ func (ic *interceptor) undo(ctx context.Context, err error, cl Class, attempt in
 	return true
 }
 
-// exec runs one of the wrapper's own statements on the base connection.
-// It uses the caller's context without its cancellation: abandoning a
-// ROLLBACK TO half way would leave the transaction in an unknown state.
+// exec runs one of the wrapper's own statements on the base connection,
+// bounded as its caller is (ownCtx).
 func (ic *interceptor) exec(ctx context.Context, q string) error {
-	ctx = context.WithoutCancel(ctx)
+	ctx, cancel := ic.ownCtx(ctx)
+	defer cancel()
+	err := driver.ErrSkip
 	if e, ok := ic.conn.(driver.ExecerContext); ok {
-		_, err := e.ExecContext(ctx, q, nil)
-		if err != driver.ErrSkip {
-			return err
+		_, err = e.ExecContext(ctx, q, nil)
+	}
+	if err == driver.ErrSkip {
+		var st driver.Stmt
+		if st, err = ic.conn.Prepare(q); err == nil {
+			_, err = st.Exec(nil) //nolint:staticcheck // fallback for base conns without ExecerContext
+			st.Close()
 		}
 	}
-	st, err := ic.conn.Prepare(q)
-	if err != nil {
-		return err
+	return ic.ownFailed(err)
+}
+
+// ownCtx returns the context of one of the wrapper's own statements: the
+// caller's, which bounds them as it bounds the caller's own. A cleanup that
+// must run after the caller's context ended (ROLLBACK TO after a canceled
+// statement, ROLLBACK after a failed COMMIT) gets conflict_cancel_grace of
+// its own, as long as the base driver's own cancellation gets.
+func (ic *interceptor) ownCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if ctx.Err() == nil {
+		return ctx, func() {}
 	}
-	defer st.Close()
-	_, err = st.Exec(nil) //nolint:staticcheck // fallback for base conns without ExecerContext
+	return context.WithTimeout(context.WithoutCancel(ctx), ic.cfg.CancelGrace)
+}
+
+// ownFailed returns err, the result of one of the wrapper's own
+// statements. One that failed without the server's answer (the context
+// ended, the connection broke) leaves the session in a state the wrapper
+// cannot know: the connection is discarded when it returns to the pool.
+func (ic *interceptor) ownFailed(err error) error {
+	if err != nil && Classify(err).Dialect == DialectUnknown {
+		ic.sess.discard = true
+	}
 	return err
 }
 
@@ -142,7 +171,9 @@ func (ic *interceptor) beforeTxStmt(ctx context.Context, c *call) error {
 	}
 	if ic.tx.doomed != nil {
 		switch c.kind {
-		case stmtRollback:
+		case stmtRollback, stmtXA:
+			// The way out; an XA branch ends with XA END and XA ROLLBACK,
+			// which the server answers for itself.
 			return nil
 		case stmtCommit:
 			// A COMMIT sent as a statement must not commit what follows a
@@ -179,14 +210,33 @@ func (ic *interceptor) beforeTxStmt(ctx context.Context, c *call) error {
 }
 
 // afterStmt tracks transaction control and session settings sent as plain
-// statements that succeeded.
-func (ic *interceptor) afterStmt(k stmtKind, query string) {
+// statements that succeeded. What a text says of the session counts only
+// when it is one statement: "BEGIN; UPDATE ...; COMMIT" leaves no
+// transaction open, and MariaDB's BEGIN NOT ATOMIC ... END begins none.
+func (ic *interceptor) afterStmt(c *call) {
+	if ic.multi(c) {
+		ic.afterMulti(c.query, true)
+		return
+	}
+	ic.afterOne(c.kind, c.query)
+}
+
+func (ic *interceptor) afterOne(k stmtKind, query string) {
 	switch k {
 	case stmtBegin:
 		ic.beginTx(beginIsolation(query))
 	case stmtCommit, stmtRollback:
 		chains, said := chain(query)
 		ic.endTx(chains || !said && ic.sess.chains)
+	case stmtPrepareTx:
+		ic.endTx(false)
+	case stmtXA:
+		switch xa(query) {
+		case xaStart:
+			ic.beginTx(txIso{})
+		case xaEnd:
+			ic.endTx(false)
+		}
 	case stmtRollbackTo:
 		// The application undid a failure with its own savepoint.
 		ic.tx.failed = false
@@ -195,4 +245,61 @@ func (ic *interceptor) afterStmt(k stmtKind, query string) {
 	case stmtSelect, stmtWith:
 		ic.tx.iso.read = true
 	}
+}
+
+// multi reports a text of several statements. Several need a ';' between
+// them, so a text without one costs a single byte scan.
+func (ic *interceptor) multi(c *call) bool {
+	if c.several == 0 {
+		c.several = 1
+		if strings.IndexByte(c.query, ';') >= 0 && !lexStmt(c.query, ic.cfg.Dialect).single {
+			c.several = 2
+		}
+	}
+	return c.several == 2
+}
+
+// afterMulti follows a text of several statements through its statements,
+// when it ran whole (ok) and the lexer is sure where each ends. PostgreSQL
+// runs such a text as one implicit transaction unless it holds transaction
+// control, which is followed here; a statement that is none of these
+// changes nothing there. On MySQL any other statement may end or begin a
+// transaction (DDL commits implicitly, a compound statement or CALL may
+// do anything), and a failed text stopped part way: the wrapper is unsure
+// until it asks.
+func (ic *interceptor) afterMulti(q string, ok bool) {
+	stmts, understood := splitStmts(q, ic.cfg.Dialect)
+	if !ok || !understood {
+		ic.tx.unsure = true
+		return
+	}
+	for _, s := range stmts {
+		switch k := parseStmt(s); k {
+		case stmtBegin, stmtCommit, stmtRollback, stmtPrepareTx, stmtXA, stmtSet:
+			ic.afterOne(k, s)
+		case stmtSelect, stmtWrite, stmtWith, stmtSavepoint, stmtRollbackTo:
+		default:
+			if ic.cfg.Dialect != DialectPostgres {
+				ic.tx.unsure = true
+			}
+		}
+	}
+}
+
+// resolve makes the wrapper sure again of the session's transaction, if it
+// can: a MySQL server says whether one is open. It reports whether the
+// wrapper is sure now.
+func (ic *interceptor) resolve(ctx context.Context) bool {
+	if !ic.tx.unsure {
+		return true
+	}
+	if ic.cfg.Dialect != DialectMySQL {
+		return false
+	}
+	st, err := ic.askSession(ctx)
+	if err != nil {
+		return false
+	}
+	ic.learn(st)
+	return !ic.tx.unsure
 }

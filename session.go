@@ -160,6 +160,7 @@ const sqlSessionMySQL = "SHOW SESSION VARIABLES WHERE Variable_name IN ('autocom
 // serverSession is what the server says of the session.
 type serverSession struct {
 	autocommit, inTx, rollbackOnTimeout bool
+	reportsTx                           bool // the server has in_transaction (MariaDB; not MySQL 8)
 }
 
 // askSession asks a MySQL server for the session's state.
@@ -174,7 +175,7 @@ func (ic *interceptor) askSession(ctx context.Context) (serverSession, error) {
 		case "autocommit":
 			st.autocommit, found = on, true
 		case "in_transaction":
-			st.inTx = on
+			st.inTx, st.reportsTx = on, true
 		case "innodb_rollback_on_timeout":
 			st.rollbackOnTimeout = on
 		}
@@ -199,17 +200,25 @@ func (ic *interceptor) confirmAutocommit(ctx context.Context) bool {
 	if err != nil {
 		return false
 	}
+	ic.learn(st)
+	return st.autocommit && !st.inTx && !ic.tx.unsure
+}
+
+// learn keeps what a MySQL server said of the session: a session found in
+// a transaction is tracked as one from then on, and where the server says
+// whether one is open (in_transaction), the wrapper is sure again.
+func (ic *interceptor) learn(st serverSession) {
 	ic.noteRollbackOnTimeout(st.rollbackOnTimeout)
+	ic.sess.autocommit = autocommitOn
 	if !st.autocommit {
 		ic.sess.autocommit = autocommitOff
-		return false
 	}
-	ic.sess.autocommit = autocommitOn
-	if st.inTx {
+	switch {
+	case st.reportsTx && ic.tx.unsure:
+		ic.tx = txState{active: st.inTx, released: true}
+	case st.inTx:
 		ic.tx.active = true
-		return false
 	}
-	return true
 }
 
 func (ic *interceptor) noteRollbackOnTimeout(on bool) {
@@ -243,22 +252,28 @@ func (ic *interceptor) scope(ctx context.Context, cl Class) Class {
 	return cl
 }
 
-// queryRows runs one of the wrapper's own queries on the base connection and
-// hands each row to f. It uses the caller's context without its
-// cancellation: the answer decides what is safe, and the query is short.
+// queryRows runs one of the wrapper's own queries on the base connection,
+// bounded as its caller is (ownCtx), and hands each row to f. An error
+// means the answer is not known: the callers then assume the worse.
 func (ic *interceptor) queryRows(ctx context.Context, q string, f func([]driver.Value)) error {
-	ctx = context.WithoutCancel(ctx)
+	ctx, cancel := ic.ownCtx(ctx)
+	defer cancel()
+	return ic.ownFailed(queryConn(ctx, ic.conn, q, f))
+}
+
+// queryConn runs a query of the wrapper's own on conn and hands each row to f.
+func queryConn(ctx context.Context, conn driver.Conn, q string, f func([]driver.Value)) error {
 	var rows driver.Rows
 	err := driver.ErrSkip
-	if qc, ok := ic.conn.(driver.QueryerContext); ok {
+	if qc, ok := conn.(driver.QueryerContext); ok {
 		rows, err = qc.QueryContext(ctx, q, nil)
 	}
 	if err == driver.ErrSkip {
 		var st driver.Stmt
-		if pc, ok := ic.conn.(driver.ConnPrepareContext); ok {
+		if pc, ok := conn.(driver.ConnPrepareContext); ok {
 			st, err = pc.PrepareContext(ctx, q)
 		} else {
-			st, err = ic.conn.Prepare(q)
+			st, err = conn.Prepare(q)
 		}
 		if err != nil {
 			return err

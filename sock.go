@@ -1,0 +1,231 @@
+package sqlconflict
+
+import (
+	"context"
+	"net"
+	"reflect"
+	"sync"
+	"time"
+
+	"github.com/lib/pq"
+)
+
+// The caller's context as a hard bound. lib/pq does not stop a blocked read
+// when a context ends: it sends a cancel request on a new connection and
+// keeps reading, so against a frozen server or across a partition a call
+// outlives its deadline by minutes. The wrapper therefore dials lib/pq's
+// connections itself and, for every call it intercepts, arms a watchdog on
+// the call's context: once the context has ended, the socket's deadline is
+// set conflict_cancel_grace later. A driver that answers in that time (the
+// server canceled the statement, 57014) is unaffected; one that does not
+// gets a timeout from its read or write, the call returns an error whose
+// outcome is unknown, and the connection is discarded. go-sql-driver/mysql
+// closes its socket when a context ends, and pgx sets its socket's deadline
+// itself, so they need no help once the wrapper passes them the caller's
+// context (its own statements included).
+
+// sock is a base connection's socket, dialed by the wrapper.
+type sock struct {
+	net.Conn
+	grace time.Duration
+
+	mu      sync.Mutex
+	expired int // watchdogs that fired and are still armed
+}
+
+// watchdog bounds one call by its context.
+type watchdog struct {
+	s      *sock
+	ctx    context.Context
+	stop   func() bool
+	active bool // under s.mu: the call is still running
+	fired  bool // under s.mu: ctx ended during the call and the deadline was set
+}
+
+// watch arms a watchdog on ctx for a call on s, or returns nil when there
+// is nothing to watch (no socket of the wrapper's, or a context that never
+// ends).
+func (s *sock) watch(ctx context.Context) *watchdog {
+	if s == nil || ctx.Done() == nil {
+		return nil
+	}
+	w := &watchdog{s: s, ctx: ctx, active: true}
+	w.stop = context.AfterFunc(ctx, w.fire)
+	return w
+}
+
+func (w *watchdog) fire() {
+	s := w.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !w.active {
+		return // the call ended as the context did
+	}
+	w.fired = true
+	s.expired++
+	_ = s.Conn.SetDeadline(time.Now().Add(s.grace))
+}
+
+// done disarms the watchdog when its call returns with err. It reports
+// whether the socket's deadline cut the call: the context ended, the grace
+// passed, and the call failed with no answer from the server (err is not
+// the server's own). Then the call's outcome is unknown and the connection
+// must go. A call that succeeded, or that the server answered, leaves the
+// socket as it was before, unless another watchdog still holds it expired.
+func (w *watchdog) done(err error) (cut bool) {
+	if w == nil || w.stop() {
+		return false
+	}
+	s := w.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w.active = false
+	if !w.fired {
+		return false
+	}
+	s.expired--
+	if err != nil && Classify(err).Dialect == DialectUnknown {
+		return true
+	}
+	if s.expired == 0 {
+		_ = s.Conn.SetDeadline(time.Time{})
+	}
+	return false
+}
+
+// cuts reports, while the call still runs, whether err is the watchdog's
+// doing: the context ended and err is not the server's answer.
+func (w *watchdog) cuts(err error) bool {
+	if w == nil || err == nil {
+		return false
+	}
+	w.s.mu.Lock()
+	defer w.s.mu.Unlock()
+	return w.fired && Classify(err).Dialect == DialectUnknown
+}
+
+// interrupted is the error of a call that the watchdog cut: it matches the
+// context's error with errors.Is and classifies as an unknown outcome, and
+// it deliberately does not unwrap to the driver's error, which may be
+// driver.ErrBadConn (database/sql would send the statement again).
+type interrupted struct {
+	ctx   error
+	cause error
+	grace time.Duration
+}
+
+func (e *interrupted) Error() string {
+	return "sqlconflict: " + e.ctx.Error() + ", and the server did not answer within " + e.grace.String() +
+		": the connection was cut; the statement may have run (" + e.cause.Error() + ")"
+}
+
+func (e *interrupted) Unwrap() error { return e.ctx }
+
+// cutErr turns the error of a call the watchdog cut into an interrupted
+// one and marks the connection to be discarded.
+func (ic *interceptor) cutErr(w *watchdog, err error) error {
+	ic.sess.discard = true
+	return &interrupted{ctx: context.Cause(w.ctx), cause: err, grace: w.s.grace}
+}
+
+// dialer dials lib/pq's connections as lib/pq's own default dialer does,
+// and hands each socket to the connection that Connect is opening, found
+// in the dial's context. A socket dialed without one is lib/pq's cancel
+// request (it dials with a context of its own, bounded by ten seconds):
+// it is bounded by that context, so that a frozen server cannot keep its
+// goroutine waiting for ever.
+type dialer struct {
+	d     net.Dialer
+	grace time.Duration
+}
+
+var _ pq.DialerContext = (*dialer)(nil)
+
+// connSlot collects the sockets dialed while one connection is opened,
+// with the Connect call's context.
+type connSlot struct {
+	ctx   context.Context
+	socks []*sock
+	dogs  []*watchdog
+}
+
+type connSlotKey struct{}
+
+// DialContext implements pq.DialerContext.
+func (d *dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	c, err := d.d.DialContext(ctx, network, address)
+	if err != nil {
+		return nil, err
+	}
+	s := &sock{Conn: c, grace: d.grace}
+	if slot, ok := ctx.Value(connSlotKey{}).(*connSlot); ok {
+		// Bound by Connect's own context, not the dial's: lib/pq cancels a
+		// connect_timeout's context as soon as the dial returns.
+		slot.socks = append(slot.socks, s)
+		slot.dogs = append(slot.dogs, s.watch(slot.ctx))
+	} else if ctx.Done() != nil {
+		context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })
+	}
+	return s, nil
+}
+
+// Dial implements pq.Dialer.
+func (d *dialer) Dial(network, address string) (net.Conn, error) {
+	return d.DialContext(context.Background(), network, address)
+}
+
+// DialTimeout implements pq.Dialer.
+func (d *dialer) DialTimeout(network, address string, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return d.DialContext(ctx, network, address)
+}
+
+// ownDialer makes the wrapper dial base's sockets if base is lib/pq's
+// connector with lib/pq's default dialer, and returns the connector to use:
+// a copy, so that the caller's connector is left as it was. A connector
+// with a dialer of the application's own is kept, and then the context
+// bounds calls only as far as lib/pq honours it.
+func ownDialer(base any, grace time.Duration) (any, bool) {
+	pc, ok := base.(*pq.Connector)
+	if !ok || pc == nil {
+		return base, false
+	}
+	f := reflect.ValueOf(pc).Elem().FieldByName("dialer")
+	if !f.IsValid() || f.IsNil() || f.Elem().Type().Name() != "defaultDialer" || f.Elem().Type().PkgPath() != reflect.TypeOf(pc).Elem().PkgPath() {
+		return base, false
+	}
+	cp := *pc
+	cp.Dialer(&dialer{grace: grace})
+	return &cp, true
+}
+
+// connectSlot returns the context for a base Connect call, carrying a slot
+// for the sockets the wrapper dials; nil when it dials none.
+func (c *connector) connectSlot(ctx context.Context) (context.Context, *connSlot) {
+	if !c.dials {
+		return ctx, nil
+	}
+	slot := &connSlot{ctx: ctx}
+	return context.WithValue(ctx, connSlotKey{}, slot), slot
+}
+
+// settle disarms the watchdogs of a Connect call and returns the socket of
+// the connection it opened (the last one dialed: lib/pq closes those of the
+// hosts it gave up on), or an error when the watchdog cut the handshake.
+func (slot *connSlot) settle(err error) (*sock, error) {
+	if slot == nil {
+		return nil, err
+	}
+	cut := false
+	for _, w := range slot.dogs {
+		cut = w.done(err) || cut
+	}
+	if cut {
+		return nil, &interrupted{ctx: context.Cause(slot.ctx), cause: err, grace: slot.socks[0].grace}
+	}
+	if err != nil || len(slot.socks) == 0 {
+		return nil, err
+	}
+	return slot.socks[len(slot.socks)-1], nil
+}

@@ -1,0 +1,33 @@
+//go:build unix && !linux
+
+package sqlconflict
+
+import "syscall"
+
+// peerGone reports, without blocking and without consuming anything,
+// whether the server has ended the connection: the socket reads as closed
+// (EOF or a reset), or holds a PostgreSQL ErrorResponse ('E') that only a
+// session being terminated receives while idle. Data already waiting hides
+// a FIN behind it here; Linux's POLLRDHUP sees it (sock_linux.go).
+func (s *sock) peerGone() bool {
+	sc, ok := s.Conn.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	gone := false
+	_ = rc.Control(func(fd uintptr) {
+		var b [1]byte
+		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		switch {
+		case err == nil:
+			gone = n == 0 || b[0] == 'E'
+		case err == syscall.ECONNRESET:
+			gone = true
+		}
+	})
+	return gone
+}
