@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/go-sql-driver/mysql"
 	"github.com/lib/pq"
@@ -19,7 +20,7 @@ import (
 )
 
 // fakePgError stands in for pgx's *pgconn.PgError.
-type fakePgError struct{ Code, ConstraintName, TableName string }
+type fakePgError struct{ Code, ConstraintName, TableName, Message string }
 
 func (e *fakePgError) Error() string    { return "ERROR: fake (SQLSTATE " + e.Code + ")" }
 func (e *fakePgError) SQLState() string { return e.Code }
@@ -190,6 +191,27 @@ func TestClassifyMySQLMessages(t *testing.T) {
 			if got := Classify(err); got.Kind != tt.kind || got.Scope != tt.scope || got.Retryable != tt.retry || got.SQLState != tt.state {
 				t.Errorf("%d %q %s: Classify = %+v, want %v/%v", tt.number, tt.msg, name, got, tt.kind, tt.scope)
 			}
+		}
+	}
+}
+
+// TestClassifyPostgresMessages: SQLSTATEs whose meaning is in the message.
+func TestClassifyPostgresMessages(t *testing.T) {
+	for _, tt := range []struct {
+		code, msg string
+		kind      Kind
+		retry     bool
+	}{
+		{"0A000", "cannot set transaction read-write mode during recovery", KindReadOnly, true},
+		{"0A000", "cannot use a transaction-scoped cursor here", KindUnknown, false},
+	} {
+		got := Classify(&pq.Error{Code: pq.ErrorCode(tt.code), Message: tt.msg})
+		if got.Kind != tt.kind || got.Retryable != tt.retry || got.Code != tt.code {
+			t.Errorf("%s %q: Classify = %+v, want %v retryable %v", tt.code, tt.msg, got, tt.kind, tt.retry)
+		}
+		pg := Classify(&fakePgError{Code: tt.code, Message: tt.msg})
+		if pg.Kind != tt.kind {
+			t.Errorf("pgx-shaped %s %q: Classify = %+v, want %v", tt.code, tt.msg, pg, tt.kind)
 		}
 	}
 }
@@ -433,6 +455,27 @@ func TestClassifyOther(t *testing.T) {
 		{"io.EOF", io.EOF, lost}, // lib/pq, when the server closes the connection
 		{"LostConnError", &LostConnError{Cause: driver.ErrBadConn}, lost},
 		{"pgx conn closed", fakeConnLockError{}, lost},
+		// A connection that failed to open sent nothing (connect.go).
+		{"connect EOF", &connectError{err: io.EOF}, unavailable},
+		{"connect reset", &connectError{err: &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ECONNRESET)}}, unavailable},
+		{"connect ErrBadConn", &connectError{err: driver.ErrBadConn, hideBadConn: true}, unavailable},
+		{"connect mysql invalid", &connectError{err: mysql.ErrInvalidConn}, Class{Kind: KindUnavailable, Scope: ScopeStatement, Retryable: true, Dialect: DialectMySQL}},
+		{"connect pq shutdown", &connectError{err: &pq.Error{Code: "57P01", Message: "terminating connection due to administrator command"}},
+			Class{Kind: KindUnavailable, Scope: ScopeStatement, Retryable: true, Dialect: DialectPostgres, Code: "57P01", SQLState: "57P01"}},
+		{"connect read-only (lib/pq)", &connectError{err: errors.New("session is read-only")}, Class{Kind: KindReadOnly, Scope: ScopeStatement, Retryable: true}},
+		{"connect hot standby (lib/pq)", &connectError{err: errors.New("server is in hot standby mode")}, Class{Kind: KindReadOnly, Scope: ScopeStatement, Retryable: true}},
+		{"connect canceled", &connectError{err: context.DeadlineExceeded}, Class{Kind: KindQueryCanceled, Scope: ScopeStatement}},
+		{"connect TLS", &connectError{err: errors.New("x509: certificate signed by unknown authority")}, Class{}},
+		// RetryError is its last real cause.
+		{"RetryError after refused dials", &RetryError{Attempts: 3, Err: &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, Ctx: context.DeadlineExceeded}, unavailable},
+		{"RetryError of a deadlock", &RetryError{Attempts: 2, Err: errPGDeadlock, Ctx: context.Canceled},
+			Class{Kind: KindDeadlock, Scope: ScopeStatement, Retryable: true, Dialect: DialectPostgres, Code: "40P01", SQLState: "40P01"}},
+		// go-sql-driver/mysql's ErrBadConn in a transaction: not sent, the
+		// transaction gone with the connection.
+		{"not sent in tx", &notSentError{err: driver.ErrBadConn, tx: true}, Class{Kind: KindConnectionLost, Scope: ScopeTransaction, Retryable: true}},
+		{"commit settled: rolled back", &rolledBackError{err: driver.ErrBadConn, xid: 7},
+			Class{Kind: KindConnectionLost, Scope: ScopeTransaction, Retryable: true, Dialect: DialectPostgres}},
+		{"cut by the watchdog", &interrupted{ctx: context.DeadlineExceeded, cause: io.EOF, grace: time.Millisecond}, canceled},
 	}
 	for _, tt := range tests {
 		for name, err := range wraps(tt.err) {
@@ -443,6 +486,21 @@ func TestClassifyOther(t *testing.T) {
 	}
 	if got := Classify(nil); got != (Class{}) {
 		t.Errorf("Classify(nil) = %+v, want zero", got)
+	}
+	// What errors.Is reaches: a RetryError's context, never ErrBadConn
+	// behind the wrapper's own connection retries or its watchdog's cut.
+	re := &RetryError{Attempts: 2, Err: syscall.ECONNREFUSED, Ctx: context.DeadlineExceeded}
+	if !errors.Is(re, context.DeadlineExceeded) || !errors.Is(re, syscall.ECONNREFUSED) {
+		t.Errorf("RetryError %v does not reach its cause and its context", re)
+	}
+	if errors.Is(&connectError{err: driver.ErrBadConn, hideBadConn: true}, driver.ErrBadConn) {
+		t.Error("a connect error after the wrapper's retries matches driver.ErrBadConn: database/sql would retry again")
+	}
+	if !errors.Is(&connectError{err: driver.ErrBadConn}, driver.ErrBadConn) {
+		t.Error("without the wrapper's retries, database/sql's own must still happen")
+	}
+	if cut := (&interrupted{ctx: context.DeadlineExceeded, cause: driver.ErrBadConn}); errors.Is(cut, driver.ErrBadConn) || !errors.Is(cut, context.DeadlineExceeded) {
+		t.Error("a cut call must match its context's error and never driver.ErrBadConn")
 	}
 	// Typed nil pointers in the chain must not panic. errors.Join does not
 	// call their Error method, which would.
