@@ -67,10 +67,10 @@ func BenchmarkServerOverhead(b *testing.B) {
 						}
 						b.Run(name, func(b *testing.B) {
 							db := benchServerDB(b, s, wrapped)
-							do := benchServerOp(b, ctx, s, db, op)
+							do := benchServerOp(b, s, db, op)
 							b.ReportAllocs()
 							for b.Loop() {
-								if err := do(db); err != nil {
+								if err := do(ctx, db); err != nil {
 									b.Fatal(err)
 								}
 							}
@@ -93,54 +93,112 @@ func BenchmarkServerOverhead(b *testing.B) {
 // because one scheduling hiccup of a few milliseconds would otherwise
 // outweigh thousands of pairs. The benchmark's own ns/op is the sum of both
 // and means nothing by itself.
+//
+// ctx=deadline gives each operation a context with a deadline of its own,
+// as a request handler's: lib/pq then watches it with a goroutine per call,
+// and the wrapper arms its watchdog (sock.go); ctx=background does neither.
 func BenchmarkServerPaired(b *testing.B) {
-	ctx := context.Background()
 	for _, s := range servers(b) {
 		b.Run("db="+s.Name, func(b *testing.B) {
 			for _, op := range []string{"exec", "exec-nomatch", "query", "tx"} {
-				b.Run("op="+op, func(b *testing.B) {
-					raw, wrapped := s.openRaw(b), s.open(b)
-					op := benchServerOp(b, ctx, s, raw, op)
-					do := func(db *sql.DB) time.Duration {
-						start := time.Now()
-						if err := op(db); err != nil {
-							b.Fatal(err)
-						}
-						return time.Since(start)
-					}
-					do(raw) // open both connections outside the timed loop
-					do(wrapped)
-					var rawT, wrappedT, ratios []float64
-					for i := 0; b.Loop(); i++ {
-						var r, w time.Duration
-						if i%2 == 0 {
-							r, w = do(raw), do(wrapped)
-						} else {
-							w, r = do(wrapped), do(raw)
-						}
-						rawT = append(rawT, float64(r))
-						wrappedT = append(wrappedT, float64(w))
-						ratios = append(ratios, float64(w)/float64(r))
-					}
-					b.ReportMetric(median(rawT), "raw-ns/op")
-					b.ReportMetric(median(wrappedT), "wrapped-ns/op")
-					b.ReportMetric(median(ratios), "wrapped/raw")
-				})
+				for _, deadline := range []bool{false, true} {
+					b.Run("op="+op+"/ctx="+map[bool]string{false: "background", true: "deadline"}[deadline], func(b *testing.B) {
+						raw, wrapped := s.openRaw(b), s.open(b)
+						benchPairs(b, raw, wrapped, deadline, benchServerOp(b, s, raw, op))
+					})
+				}
 			}
 		})
+	}
+}
+
+// benchPairs times op through raw and wrapped alternately, each iteration
+// a pair, and reports the medians and the median ratio. With deadline, each
+// call gets a context with a deadline of its own.
+func benchPairs(b *testing.B, raw, wrapped *sql.DB, deadline bool, op func(context.Context, *sql.DB) error) {
+	do := func(db *sql.DB) time.Duration {
+		start := time.Now()
+		if deadline {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := op(ctx, db); err != nil {
+				b.Fatal(err)
+			}
+		} else if err := op(context.Background(), db); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(start)
+	}
+	do(raw) // open both connections outside the timed loop
+	do(wrapped)
+	var rawT, wrappedT, ratios []float64
+	for i := 0; b.Loop(); i++ {
+		var r, w time.Duration
+		if i%2 == 0 {
+			r, w = do(raw), do(wrapped)
+		} else {
+			w, r = do(wrapped), do(raw)
+		}
+		rawT = append(rawT, float64(r))
+		wrappedT = append(wrappedT, float64(w))
+		ratios = append(ratios, float64(w)/float64(r))
+	}
+	b.ReportMetric(median(rawT), "raw-ns/op")
+	b.ReportMetric(median(wrappedT), "wrapped-ns/op")
+	b.ReportMetric(median(ratios), "wrapped/raw")
+}
+
+// BenchmarkServerVerifyCommit is the price of conflict_verify_commit on
+// PostgreSQL, paired against the raw driver: a transaction that writes pays
+// one round trip for its id before COMMIT; one that only reads pays none.
+func BenchmarkServerVerifyCommit(b *testing.B) {
+	var pg []server
+	for _, s := range servers(b) {
+		if s.PG() {
+			pg = append(pg, s)
+		}
+	}
+	if len(pg) == 0 {
+		b.Skip("conflict_verify_commit is PostgreSQL's")
+	}
+	s := pg[0]
+	for _, op := range []string{"tx", "read-tx"} {
+		for _, verify := range []bool{false, true} {
+			b.Run(fmt.Sprintf("op=%s/verify=%v", op, verify), func(b *testing.B) {
+				raw, wrapped := s.openRaw(b), s.open(b, fmt.Sprintf("conflict_verify_commit=%v", verify))
+				f := benchServerOp(b, s, raw, "tx")
+				if op == "read-tx" {
+					f = func(ctx context.Context, db *sql.DB) error {
+						t, err := db.BeginTx(ctx, nil)
+						if err != nil {
+							return err
+						}
+						defer t.Rollback()
+						for range 2 {
+							var v int64
+							if err := t.QueryRowContext(ctx, "SELECT 1").Scan(&v); err != nil {
+								return err
+							}
+						}
+						return t.Commit()
+					}
+				}
+				benchPairs(b, raw, wrapped, false, f)
+			})
+		}
 	}
 }
 
 // benchServerOp creates a one-row table through db and returns the
 // operation op (exec, exec-nomatch, query or tx) on it, to run through any
 // *sql.DB open on the same server.
-func benchServerOp(b *testing.B, ctx context.Context, s server, db *sql.DB, op string) func(*sql.DB) error {
+func benchServerOp(b *testing.B, s server, db *sql.DB, op string) func(context.Context, *sql.DB) error {
 	b.Helper()
 	tbl := benchTable(b, db, "id INT PRIMARY KEY, v INT NOT NULL")
 	mustExec(b, db, "INSERT INTO "+tbl+" (id, v) VALUES (1, 0)")
 	update := s.q("UPDATE " + tbl + " SET v = v + 1 WHERE id = $1")
 	sel := s.q("SELECT v FROM " + tbl + " WHERE id = $1")
-	return func(db *sql.DB) error {
+	return func(ctx context.Context, db *sql.DB) error {
 		switch op {
 		case "exec":
 			_, err := db.ExecContext(ctx, update, 1)
