@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
+	"fmt"
+	"net"
 	"time"
 
 	"github.com/ngrok/sqlmw"
@@ -60,7 +62,7 @@ func (c *conn) IsValid() bool {
 // anything is sent on it, so that database/sql takes another: the statement
 // then runs once, where it would otherwise fail with an unknown outcome.
 func (c *conn) ResetSession(ctx context.Context) error {
-	if c.ic.sock != nil && c.ic.sock.peerGone() {
+	if c.ic.peer != nil && peerGone(c.ic.peer) {
 		return driver.ErrBadConn
 	}
 	if err := c.ic.resetSession(ctx); err != nil {
@@ -70,9 +72,16 @@ func (c *conn) ResetSession(ctx context.Context) error {
 }
 
 // Ping implements [driver.Pinger], bounded by ctx like every call.
+//
+// A ping that failed after ctx ended matches ctx's error too: the drivers
+// answer driver.ErrBadConn there (pgx), which says nothing of the deadline.
 func (c *conn) Ping(ctx context.Context) error {
 	w := c.ic.sock.watch(ctx)
-	return c.ic.settle(w, c.mwConn.Ping(ctx))
+	err := c.ic.settle(w, c.mwConn.Ping(ctx))
+	if err != nil && ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
+		err = fmt.Errorf("%w: %w", context.Cause(ctx), err)
+	}
+	return err
 }
 
 // settle disarms a call's watchdog (sock.go) and returns the call's error,
@@ -120,6 +129,7 @@ type interceptor struct {
 	conn  driver.Conn      // the base connection, for the wrapper's own statements
 	valid driver.Validator // the base connection's, if it has one
 	sock  *sock            // its socket, when the wrapper dialed it (sock.go); else nil
+	peer  net.Conn         // its network connection, for the liveness check (sock.sock's, or Options.NetConn's); else nil
 	txDog *watchdog        // bounds the transaction begun by BeginTx by its context
 	roGen uint64           // the read-only pacer's generation when the connection opened (readonly.go)
 

@@ -65,6 +65,11 @@ func (c *connector) connectOnce(ctx context.Context) (driver.Conn, error) {
 		return nil, err
 	}
 	ic := &interceptor{cfg: c.cfg, sock: s}
+	if s != nil {
+		ic.peer = s.Conn
+	} else if c.cfg.NetConn != nil {
+		ic.peer = c.cfg.NetConn(bc)
+	}
 	ic.connect(bc)
 	mc, err := sqlmw.Driver(connDriver{bc}, ic).Open("")
 	if err != nil {

@@ -110,11 +110,7 @@ func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
 	}
 	var base driver.Connector
 	if _, ok := d.base.(*pq.Driver); ok {
-		// lib/pq's Driver has no OpenConnector; its Connector dials with
-		// Connect's context, and lets the wrapper dial (sock.go).
-		if base, err = pq.NewConnector(baseDSN); err != nil {
-			return nil, redact(err, dsnSecrets(baseDSN))
-		}
+		base = pqConnector{dsn: baseDSN, dialer: &dialer{grace: opts.CancelGrace}}
 	} else if dc, ok := d.base.(driver.DriverContext); ok {
 		if base, err = dc.OpenConnector(baseDSN); err != nil {
 			return nil, redact(err, dsnSecrets(baseDSN))

@@ -1,9 +1,11 @@
 package sqlconflict
 
 import (
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"strconv"
 	"strings"
@@ -118,6 +120,13 @@ type Options struct {
 	// Dialect selects the SQL the wrapper sends itself; zero means detect it
 	// from the base driver's package. Not a DSN option.
 	Dialect Dialect
+	// NetConn, when set, returns the network connection under a base
+	// connection whose socket the wrapper did not dial (the pgx module sets
+	// it), or nil. The wrapper only looks at it, without reading, before it
+	// hands a pooled connection out again: one the server closed meanwhile
+	// (a restart) is refused then, before anything is sent on it, and
+	// database/sql takes another. Not a DSN option.
+	NetConn func(driver.Conn) net.Conn
 }
 
 // DefaultOptions returns the options used when a DSN sets none.

@@ -2,6 +2,7 @@ package sqlconflict
 
 import (
 	"context"
+	"database/sql/driver"
 	"net"
 	"reflect"
 	"sync"
@@ -38,8 +39,9 @@ type watchdog struct {
 	s      *sock
 	ctx    context.Context
 	stop   func() bool
-	active bool // under s.mu: the call is still running
-	fired  bool // under s.mu: ctx ended during the call and the deadline was set
+	active bool      // under s.mu: the call is still running
+	fired  bool      // under s.mu: ctx ended during the call and the deadline was set
+	cutAt  time.Time // under s.mu: the deadline set
 }
 
 // watch arms a watchdog on ctx for a call on s, or returns nil when there
@@ -63,7 +65,16 @@ func (w *watchdog) fire() {
 	}
 	w.fired = true
 	s.expired++
-	_ = s.Conn.SetDeadline(time.Now().Add(s.grace))
+	w.cutAt = time.Now().Add(s.grace)
+	_ = s.Conn.SetDeadline(w.cutAt)
+}
+
+// cutBy reports, under s.mu, whether err is the deadline's doing: the
+// watchdog fired, the deadline passed, and err is not the server's answer.
+// An error within the grace is the driver's own (lib/pq closes its
+// connection when a context ends) and goes to the caller as it is.
+func (w *watchdog) cutBy(err error) bool {
+	return w.fired && err != nil && !time.Now().Before(w.cutAt) && Classify(err).Dialect == DialectUnknown
 }
 
 // done disarms the watchdog when its call returns with err. It reports
@@ -84,7 +95,7 @@ func (w *watchdog) done(err error) (cut bool) {
 		return false
 	}
 	s.expired--
-	if err != nil && Classify(err).Dialect == DialectUnknown {
+	if w.cutBy(err) {
 		return true
 	}
 	if s.expired == 0 {
@@ -101,7 +112,7 @@ func (w *watchdog) cuts(err error) bool {
 	}
 	w.s.mu.Lock()
 	defer w.s.mu.Unlock()
-	return w.fired && Classify(err).Dialect == DialectUnknown
+	return w.cutBy(err)
 }
 
 // interrupted is the error of a call that the watchdog cut: it matches the
@@ -181,12 +192,47 @@ func (d *dialer) DialTimeout(network, address string, timeout time.Duration) (ne
 	return d.DialContext(ctx, network, address)
 }
 
+// underTLS returns the socket under a TLS connection, and whether c was
+// plain: bytes waiting on a TLS socket are encrypted, so only a closed
+// peer can be seen there.
+func underTLS(c net.Conn) (net.Conn, bool) {
+	if t, ok := c.(interface{ NetConn() net.Conn }); ok {
+		return t.NetConn(), false
+	}
+	if s, ok := c.(*sock); ok {
+		return s.Conn, true
+	}
+	return c, true
+}
+
+// pqConnector opens lib/pq connections as lib/pq's Driver.Open does, the
+// DSN and the environment read anew at each connect and a bad DSN reported
+// there, but with Connect's context and the wrapper's dialer.
+type pqConnector struct {
+	dsn    string
+	dialer *dialer
+}
+
+func (c pqConnector) Connect(ctx context.Context) (driver.Conn, error) {
+	pc, err := pq.NewConnector(c.dsn)
+	if err != nil {
+		return nil, err
+	}
+	pc.Dialer(c.dialer)
+	return pc.Connect(ctx)
+}
+
+func (c pqConnector) Driver() driver.Driver { return &pq.Driver{} }
+
 // ownDialer makes the wrapper dial base's sockets if base is lib/pq's
 // connector with lib/pq's default dialer, and returns the connector to use:
 // a copy, so that the caller's connector is left as it was. A connector
 // with a dialer of the application's own is kept, and then the context
 // bounds calls only as far as lib/pq honours it.
 func ownDialer(base any, grace time.Duration) (any, bool) {
+	if _, ok := base.(pqConnector); ok {
+		return base, true
+	}
 	pc, ok := base.(*pq.Connector)
 	if !ok || pc == nil {
 		return base, false

@@ -1,6 +1,7 @@
 package sqlconflict
 
 import (
+	"net"
 	"syscall"
 	"unsafe"
 )
@@ -25,8 +26,9 @@ type pollFd struct {
 // being terminated receives (PostgreSQL's ErrorResponse, 'E': 57P01 at a
 // shutdown, idle_session_timeout). Nothing was sent on it since, so the
 // next statement may go to another connection instead.
-func (s *sock) peerGone() bool {
-	sc, ok := s.Conn.(syscall.Conn)
+func peerGone(c net.Conn) bool {
+	c, plain := underTLS(c)
+	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return false
 	}
@@ -49,7 +51,7 @@ func (s *sock) peerGone() bool {
 		if p.revents&pollIn != 0 {
 			var b [1]byte
 			m, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-			gone = err == nil && (m == 0 || b[0] == 'E')
+			gone = err == nil && (m == 0 || plain && b[0] == 'E')
 		}
 	})
 	return gone

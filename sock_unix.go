@@ -2,15 +2,19 @@
 
 package sqlconflict
 
-import "syscall"
+import (
+	"net"
+	"syscall"
+)
 
 // peerGone reports, without blocking and without consuming anything,
 // whether the server has ended the connection: the socket reads as closed
 // (EOF or a reset), or holds a PostgreSQL ErrorResponse ('E') that only a
 // session being terminated receives while idle. Data already waiting hides
 // a FIN behind it here; Linux's POLLRDHUP sees it (sock_linux.go).
-func (s *sock) peerGone() bool {
-	sc, ok := s.Conn.(syscall.Conn)
+func peerGone(c net.Conn) bool {
+	c, plain := underTLS(c)
+	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return false
 	}
@@ -24,7 +28,7 @@ func (s *sock) peerGone() bool {
 		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		switch {
 		case err == nil:
-			gone = n == 0 || b[0] == 'E'
+			gone = n == 0 || plain && b[0] == 'E'
 		case err == syscall.ECONNRESET:
 			gone = true
 		}

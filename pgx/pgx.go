@@ -23,7 +23,9 @@ package pgx
 
 import (
 	"database/sql"
+	"database/sql/driver"
 	"fmt"
+	"net"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -38,12 +40,25 @@ func init() {
 	sql.Register(DriverName, sqlconflict.Wrap(stdlib.GetDefaultDriver(), options(sqlconflict.DefaultOptions())))
 }
 
-// options returns opts for PostgreSQL.
+// options returns opts for PostgreSQL over pgx: the dialect, and the way to
+// pgx's socket, so that a pooled connection the server closed (a restart)
+// is refused before it is reused.
 func options(opts sqlconflict.Options) sqlconflict.Options {
 	if opts.Dialect == sqlconflict.DialectUnknown {
 		opts.Dialect = sqlconflict.DialectPostgres
 	}
+	if opts.NetConn == nil {
+		opts.NetConn = netConn
+	}
 	return opts
+}
+
+// netConn returns the network connection under a pgx stdlib connection.
+func netConn(c driver.Conn) net.Conn {
+	if sc, ok := c.(*stdlib.Conn); ok {
+		return sc.Conn().PgConn().Conn()
+	}
+	return nil
 }
 
 // OpenDB is [stdlib.OpenDB] wrapped with opts: for a configuration built in

@@ -97,13 +97,6 @@ func instanceDir(t testing.TB, kind string, port, uid, gid int) string {
 	return dir
 }
 
-// sysProcAttr puts a child in a process group of its own, as cred, and has
-// the kernel kill it if the test process dies without its cleanups (a go
-// test timeout): a server never outlives its test.
-func sysProcAttr(cred *syscall.Credential) *syscall.SysProcAttr {
-	return &syscall.SysProcAttr{Setpgid: true, Credential: cred, Pdeathsig: syscall.SIGKILL}
-}
-
 // childEnv is a child's whole environment: nothing of ours (PG*, MYSQL_*)
 // leaks in, and HOME is the instance's directory, not the user's.
 func childEnv(dir string) []string {
