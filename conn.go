@@ -169,6 +169,10 @@ type txState struct {
 	warned    bool // the budget warning was logged
 	wrote     bool // a statement that may write ran (conflict_verify_commit)
 	iso       txIso
+	// fromText: the transaction was opened by a text of several statements
+	// ("BEGIN; INSERT ..."), which the application may not know it left
+	// open; resetSession does not hand it to the next user.
+	fromText bool
 	// unsure: a text of several statements (or a compound statement) may
 	// have begun or ended a transaction in a way the wrapper could not
 	// follow. Until the state is known again (asked of a MySQL server, or
@@ -218,8 +222,10 @@ func (ic *interceptor) resetSession(ctx context.Context) error {
 	if ic.tx.doomed != nil || ic.sess.discard {
 		return driver.ErrBadConn
 	}
-	if ic.tx.unsure && (!ic.resolve(ctx) || ic.tx.active) {
-		// A transaction may be open, or is: closing the connection ends it.
+	if ic.tx.unsure && (!ic.resolve(ctx) || ic.tx.active) || ic.tx.active && ic.tx.fromText {
+		// A transaction may be open, or one a string of statements left
+		// open is: the next user's writes would join it, and commit with
+		// someone else's COMMIT. Closing the connection rolls it back.
 		return driver.ErrBadConn
 	}
 	if !ic.inTx() {

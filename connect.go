@@ -36,7 +36,10 @@ func (c *connector) Connect(ctx context.Context) (driver.Conn, error) {
 			if last != nil {
 				return nil, &RetryError{Attempts: attempt + 1, Err: last, Ctx: context.Cause(ctx), op: "connect"}
 			}
-			return nil, err
+			// Nothing but the context ended it: its own error, as
+			// database/sql returns when the context ends before it has
+			// a connection (callers compare it with ==).
+			return nil, ctx.Err()
 		}
 		if !Classify(err).Retryable || attempt >= c.cfg.Retries ||
 			c.cfg.RetryTimeout > 0 && time.Since(first) >= c.cfg.RetryTimeout {

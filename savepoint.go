@@ -277,6 +277,7 @@ func (ic *interceptor) afterMulti(q string, ok bool) {
 		switch k := parseStmt(s); k {
 		case stmtBegin, stmtCommit, stmtRollback, stmtPrepareTx, stmtXA, stmtSet:
 			ic.afterOne(k, s)
+			ic.tx.fromText = ic.tx.active
 		case stmtSelect, stmtWrite, stmtWith, stmtSavepoint, stmtRollbackTo:
 		default:
 			if ic.cfg.Dialect != DialectPostgres {
