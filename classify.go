@@ -333,10 +333,10 @@ func Classify(err error) Class {
 	}
 	// A RetryError is its last real cause, whatever ended the retries.
 	if e := (*RetryError)(nil); errors.As(err, &e) && e != nil && e.Err != nil {
+		if e.class != nil {
+			return *e.class
+		}
 		return Classify(e.Err)
-	}
-	if e := (*connectError)(nil); errors.As(err, &e) && e != nil {
-		return classifyConnect(e)
 	}
 	if e := (*notSentError)(nil); errors.As(err, &e) && e != nil {
 		return e.class()

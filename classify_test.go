@@ -195,6 +195,34 @@ func TestClassifyMySQLMessages(t *testing.T) {
 	}
 }
 
+// TestClassifyConnect: a failure to open a connection, or to begin a
+// transaction, sent nothing (connect.go), row by row.
+func TestClassifyConnect(t *testing.T) {
+	unavailable := Class{Kind: KindUnavailable, Scope: ScopeStatement, Retryable: true}
+	for _, tt := range []struct {
+		name string
+		err  error
+		want Class
+	}{
+		{"connect EOF", io.EOF, unavailable},
+		{"connect reset", &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ECONNRESET)}, unavailable},
+		{"connect ErrBadConn", driver.ErrBadConn, unavailable},
+		{"connect mysql invalid", mysql.ErrInvalidConn, Class{Kind: KindUnavailable, Scope: ScopeStatement, Retryable: true, Dialect: DialectMySQL}},
+		{"connect pq shutdown", &pq.Error{Code: "57P01", Message: "terminating connection due to administrator command"},
+			Class{Kind: KindUnavailable, Scope: ScopeStatement, Retryable: true, Dialect: DialectPostgres, Code: "57P01", SQLState: "57P01"}},
+		{"connect read-only (lib/pq)", errors.New("session is read-only"), Class{Kind: KindReadOnly, Scope: ScopeStatement, Retryable: true}},
+		{"connect hot standby (lib/pq)", errors.New("server is in hot standby mode"), Class{Kind: KindReadOnly, Scope: ScopeStatement, Retryable: true}},
+		{"connect canceled", context.DeadlineExceeded, Class{Kind: KindQueryCanceled, Scope: ScopeStatement}},
+		{"connect TLS", errors.New("x509: certificate signed by unknown authority"), Class{}},
+	} {
+		for name, err := range wraps(tt.err) {
+			if got := classifyConnect(err); got != tt.want {
+				t.Errorf("%s %s: classifyConnect = %+v, want %+v", tt.name, name, got, tt.want)
+			}
+		}
+	}
+}
+
 // TestClassifyPostgresMessages: SQLSTATEs whose meaning is in the message.
 func TestClassifyPostgresMessages(t *testing.T) {
 	for _, tt := range []struct {
@@ -455,19 +483,9 @@ func TestClassifyOther(t *testing.T) {
 		{"io.EOF", io.EOF, lost}, // lib/pq, when the server closes the connection
 		{"LostConnError", &LostConnError{Cause: driver.ErrBadConn}, lost},
 		{"pgx conn closed", fakeConnLockError{}, lost},
-		// A connection that failed to open sent nothing (connect.go).
-		{"connect EOF", &connectError{err: io.EOF}, unavailable},
-		{"connect reset", &connectError{err: &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ECONNRESET)}}, unavailable},
-		{"connect ErrBadConn", &connectError{err: driver.ErrBadConn, hideBadConn: true}, unavailable},
-		{"connect mysql invalid", &connectError{err: mysql.ErrInvalidConn}, Class{Kind: KindUnavailable, Scope: ScopeStatement, Retryable: true, Dialect: DialectMySQL}},
-		{"connect pq shutdown", &connectError{err: &pq.Error{Code: "57P01", Message: "terminating connection due to administrator command"}},
-			Class{Kind: KindUnavailable, Scope: ScopeStatement, Retryable: true, Dialect: DialectPostgres, Code: "57P01", SQLState: "57P01"}},
-		{"connect read-only (lib/pq)", &connectError{err: errors.New("session is read-only")}, Class{Kind: KindReadOnly, Scope: ScopeStatement, Retryable: true}},
-		{"connect hot standby (lib/pq)", &connectError{err: errors.New("server is in hot standby mode")}, Class{Kind: KindReadOnly, Scope: ScopeStatement, Retryable: true}},
-		{"connect canceled", &connectError{err: context.DeadlineExceeded}, Class{Kind: KindQueryCanceled, Scope: ScopeStatement}},
-		{"connect TLS", &connectError{err: errors.New("x509: certificate signed by unknown authority")}, Class{}},
 		// RetryError is its last real cause.
 		{"RetryError after refused dials", &RetryError{Attempts: 3, Err: &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, Ctx: context.DeadlineExceeded}, unavailable},
+		{"RetryError after a failed BeginTx", &RetryError{Attempts: 3, Err: io.EOF, class: &Class{Kind: KindUnavailable, Scope: ScopeStatement, Retryable: true}}, unavailable},
 		{"RetryError of a deadlock", &RetryError{Attempts: 2, Err: errPGDeadlock, Ctx: context.Canceled},
 			Class{Kind: KindDeadlock, Scope: ScopeStatement, Retryable: true, Dialect: DialectPostgres, Code: "40P01", SQLState: "40P01"}},
 		// go-sql-driver/mysql's ErrBadConn in a transaction: not sent, the
@@ -492,12 +510,6 @@ func TestClassifyOther(t *testing.T) {
 	re := &RetryError{Attempts: 2, Err: syscall.ECONNREFUSED, Ctx: context.DeadlineExceeded}
 	if !errors.Is(re, context.DeadlineExceeded) || !errors.Is(re, syscall.ECONNREFUSED) {
 		t.Errorf("RetryError %v does not reach its cause and its context", re)
-	}
-	if errors.Is(&connectError{err: driver.ErrBadConn, hideBadConn: true}, driver.ErrBadConn) {
-		t.Error("a connect error after the wrapper's retries matches driver.ErrBadConn: database/sql would retry again")
-	}
-	if !errors.Is(&connectError{err: driver.ErrBadConn}, driver.ErrBadConn) {
-		t.Error("without the wrapper's retries, database/sql's own must still happen")
 	}
 	if cut := (&interrupted{ctx: context.DeadlineExceeded, cause: driver.ErrBadConn}); errors.Is(cut, driver.ErrBadConn) || !errors.Is(cut, context.DeadlineExceeded) {
 		t.Error("a cut call must match its context's error and never driver.ErrBadConn")

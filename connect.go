@@ -17,9 +17,12 @@ import (
 // A connection that could not be opened sent nothing of the application's,
 // so Connect tries again, within conflict_retries and
 // conflict_retry_timeout and the caller's context, when the failure may
-// pass: a refused or reset connection, a handshake cut short, a server
-// starting up, full, or read-only. The statement that needed the
-// connection then rides through a restart or a failover.
+// pass (classifyConnect): a refused or reset connection, a handshake cut
+// short, a server starting up, full, or read-only. The statement that
+// needed the connection then rides through a restart or a failover.
+// driver.ErrBadConn is left to database/sql, which retries it itself. The
+// error returned is the base driver's own object, the last real one when
+// the context ended the waiting.
 func (c *connector) Connect(ctx context.Context) (driver.Conn, error) {
 	var first time.Time
 	var last error // the last failure that was not the context's
@@ -28,20 +31,23 @@ func (c *connector) Connect(ctx context.Context) (driver.Conn, error) {
 		if err == nil {
 			return conn, nil
 		}
-		err = c.connectError(err)
+		err = redact(err, c.secrets)
 		if attempt == 0 {
 			first = time.Now()
 		}
 		if ctx.Err() != nil {
-			if last != nil {
-				return nil, &RetryError{Attempts: attempt + 1, Err: last, Ctx: context.Cause(ctx), op: "connect"}
+			switch {
+			case last != nil:
+				return nil, last
+			case errors.As(err, new(*interrupted)):
+				// The wrapper's watchdog cut the handshake: the context's
+				// own error, as database/sql returns when the context ends
+				// before it has a connection (callers compare it with ==).
+				return nil, ctx.Err()
 			}
-			// Nothing but the context ended it: its own error, as
-			// database/sql returns when the context ends before it has
-			// a connection (callers compare it with ==).
-			return nil, ctx.Err()
+			return nil, err
 		}
-		if !Classify(err).Retryable || attempt >= c.cfg.Retries ||
+		if !classifyConnect(err).Retryable || errors.Is(err, driver.ErrBadConn) || attempt >= c.cfg.Retries ||
 			c.cfg.RetryTimeout > 0 && time.Since(first) >= c.cfg.RetryTimeout {
 			return nil, err
 		}
@@ -50,8 +56,8 @@ func (c *connector) Connect(ctx context.Context) (driver.Conn, error) {
 		if t := c.cfg.RetryTimeout; t > 0 {
 			wait = min(wait, t-time.Since(first))
 		}
-		if werr := sleep(ctx, wait); werr != nil {
-			return nil, &RetryError{Attempts: attempt + 1, Err: last, Ctx: context.Cause(ctx), op: "connect"}
+		if sleep(ctx, wait) != nil {
+			return nil, last
 		}
 	}
 }
@@ -82,47 +88,19 @@ func (c *connector) connectOnce(ctx context.Context) (driver.Conn, error) {
 	return &conn{mwConn: mc.(mwConn), ic: ic}, nil
 }
 
-// connectError marks an error of Connect as one that sent nothing: a
-// broken handshake is not an unknown outcome (see Classify). The server's
-// own answers keep their type (*pq.Error, *mysql.MySQLError) where their
-// class is already right, as for "too many connections". When the wrapper
-// retries connections itself, database/sql must not do so again on top:
-// driver.ErrBadConn no longer shows through.
-func (c *connector) connectError(err error) error {
-	err = redact(err, c.secrets)
-	if cl := Classify(err); cl.Dialect != DialectUnknown && cl.Scope != ScopeUnknownOutcome {
-		return err
-	}
-	return &connectError{err: err, hideBadConn: c.cfg.Retries > 0}
-}
-
-// connectError is a failure to open a connection: nothing was sent.
-type connectError struct {
-	err         error
-	hideBadConn bool
-}
-
-// Error returns the base driver's message unchanged.
-func (e *connectError) Error() string { return e.err.Error() }
-
-// Unwrap returns the base driver's error, unless it is driver.ErrBadConn
-// after the wrapper's own retries.
-func (e *connectError) Unwrap() error {
-	if e.hideBadConn && errors.Is(e.err, driver.ErrBadConn) {
-		return nil
-	}
-	return e.err
-}
-
-// classifyConnect classifies a failure to connect: the server's refusal as
-// the server put it (auth failures are not retryable), a read-only server
-// as read-only, a context that ended as canceled, and any other failure of
-// the network or the handshake as an unavailable server. In every case
-// nothing was sent.
-func classifyConnect(e *connectError) Class {
-	cl := Classify(e.err)
+// classifyConnect classifies err as a failure to open a connection or to
+// begin a transaction, where nothing of the application's was sent: the
+// server's refusal as the server put it (an authentication failure is not
+// retryable), a read-only server as read-only, a context that ended as
+// canceled, and any other failure of the network or the handshake as an
+// unavailable server. Classify cannot tell these from the same errors in
+// the middle of a statement (lib/pq's and go-sql-driver/mysql's carry no
+// mark), so the wrapper applies this where it knows: Connect's own
+// retries, and RunTx's failed BeginTx.
+func classifyConnect(err error) Class {
+	cl := Classify(err)
 	switch {
-	case hasAnyText(e.err, readOnlyConnect):
+	case hasAnyText(err, readOnlyConnect):
 		cl = Class{Kind: KindReadOnly, Retryable: true, Dialect: cl.Dialect}
 	case cl.Kind == KindReadOnly, cl.Kind == KindQueryCanceled:
 	case cl.Kind == KindConnectionLost, cl.Kind == KindUnavailable:

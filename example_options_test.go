@@ -75,5 +75,5 @@ func ExampleOptions_Validate() {
 func ExampleDefaultOptions() {
 	fmt.Printf("%+v\n", sqlconflict.DefaultOptions())
 	// Output:
-	// {Retries:50 RetryTimeout:10s Backoff:5ms MaxBackoff:1s Savepoints:off SavepointBudget:32 BlindReread:fix WrapErrors:false RetryFunctions:false CancelGrace:50ms VerifyCommit:false Logger:<nil> Observer:<nil> Dialect:unknown}
+	// {Retries:50 RetryTimeout:10s Backoff:5ms MaxBackoff:1s Savepoints:off SavepointBudget:32 BlindReread:fix WrapErrors:false RetryFunctions:false CancelGrace:50ms VerifyCommit:false Logger:<nil> Observer:<nil> Dialect:unknown NetConn:<nil>}
 }

@@ -62,18 +62,14 @@ type RetryError struct {
 	// nil.
 	Ctx error
 
-	op string // what was retried, for the message: "transaction" (RunTx) or "connect"
+	class *Class // what Err was, where RunTx knew better than Classify (a failed BeginTx)
 }
 
 func (e *RetryError) Error() string {
-	op := e.op
-	if op == "" {
-		op = "transaction"
-	}
 	if e.Ctx != nil {
-		return fmt.Sprintf("sqlconflict: %s failed after %d attempts, then %v: %v", op, e.Attempts, e.Ctx, e.Err)
+		return fmt.Sprintf("sqlconflict: transaction failed after %d attempts, then %v: %v", e.Attempts, e.Ctx, e.Err)
 	}
-	return fmt.Sprintf("sqlconflict: %s failed after %d attempts: %v", op, e.Attempts, e.Err)
+	return fmt.Sprintf("sqlconflict: transaction failed after %d attempts: %v", e.Attempts, e.Err)
 }
 
 // Unwrap returns the last attempt's error and, if the context ended the
@@ -115,7 +111,8 @@ func (r TxRunner) Run(ctx context.Context, db TxBeginner, opts *sql.TxOptions, f
 	}
 	waits := 0 // attempts followed by a wait
 	start := time.Now()
-	var last error // the last attempt's error that was not the context's
+	var last error  // the last attempt's error that was not the context's
+	var lastCl Class // and its class
 	for attempt := 1; ; attempt++ {
 		hooks, began, err := runOnce(ctx, db, opts, fn, r.RetryUniqueViolation)
 		if err == nil {
@@ -124,32 +121,39 @@ func (r TxRunner) Run(ctx context.Context, db TxBeginner, opts *sql.TxOptions, f
 			}
 			return nil
 		}
-		if !began && last != nil && ctx.Err() != nil {
-			// The context ended while this attempt waited for a
-			// connection: nothing of it was sent, and what stopped the
-			// reruns is the last real cause.
-			return &RetryError{Attempts: attempt - 1, Err: last, Ctx: context.Cause(ctx)}
+		cl := Classify(err)
+		if !began {
+			// BeginTx failed: no statement of fn's was sent, and BEGIN
+			// itself changes nothing, so a broken connection there is not
+			// an unknown outcome.
+			cl = classifyConnect(err)
+			if last != nil && ctx.Err() != nil {
+				// The context ended while this attempt waited for a
+				// connection: what stopped the reruns is the last real
+				// cause.
+				return &RetryError{Attempts: attempt - 1, Err: last, Ctx: context.Cause(ctx), class: &lastCl}
+			}
 		}
-		if !r.retryable(err, opts) {
+		if !r.retryable(err, cl, opts) {
 			return err
 		}
 		if attempt >= attempts {
-			return &RetryError{Attempts: attempt, Err: err}
+			return &RetryError{Attempts: attempt, Err: err, class: &cl}
 		}
-		last = err
+		last, lastCl = err, cl
 		// A unique violation is raised only once the conflicting row is
 		// committed (the server waits for its writer), so a rerun after the
 		// first attempt's duplicate goes at once: it will see the row.
 		// Every other rerun waits, a duplicate on a later attempt included.
-		if attempt == 1 && Classify(err).Kind == KindUniqueViolation {
+		if attempt == 1 && cl.Kind == KindUniqueViolation {
 			continue
 		}
 		wait := backoff(waits, base, max)
 		if time.Since(start)+wait >= elapsed {
-			return &RetryError{Attempts: attempt, Err: err}
+			return &RetryError{Attempts: attempt, Err: err, class: &cl}
 		}
 		if werr := sleep(ctx, wait); werr != nil {
-			return &RetryError{Attempts: attempt, Err: err, Ctx: context.Cause(ctx)}
+			return &RetryError{Attempts: attempt, Err: err, Ctx: context.Cause(ctx), class: &cl}
 		}
 		waits++
 	}
@@ -159,11 +163,10 @@ func (r TxRunner) Run(ctx context.Context, db TxBeginner, opts *sql.TxOptions, f
 // refused as read-only is, when the server is read-only (a standby, a
 // failover under way), but not in a transaction the application itself
 // began READ ONLY.
-func (r TxRunner) retryable(err error, opts *sql.TxOptions) bool {
+func (r TxRunner) retryable(err error, cl Class, opts *sql.TxOptions) bool {
 	if errors.Is(err, ErrRetryTx) {
 		return true
 	}
-	cl := Classify(err)
 	switch {
 	case cl.Scope == ScopeUnknownOutcome:
 		return false
