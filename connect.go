@@ -39,10 +39,11 @@ func (c *connector) Connect(ctx context.Context) (driver.Conn, error) {
 			switch {
 			case last != nil:
 				return nil, last
-			case errors.As(err, new(*interrupted)):
-				// The wrapper's watchdog cut the handshake: the context's
-				// own error, as database/sql returns when the context ends
-				// before it has a connection (callers compare it with ==).
+			case errors.As(err, new(*interrupted)), errors.Is(err, ctx.Err()):
+				// The context ended the dial, or the wrapper's watchdog cut
+				// the handshake: the context's own error, as database/sql
+				// returns when the context ends before it has a connection
+				// (callers compare it with ==).
 				return nil, ctx.Err()
 			}
 			return nil, err
