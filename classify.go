@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"reflect"
@@ -350,6 +351,11 @@ func Classify(err error) Class {
 		c.Kind, c.Scope = KindTxAborted, ScopeTransaction
 		return c
 	}
+	// What the wrapper classified when it wrapped (conflict_wrap_errors),
+	// where it knew more than the error shows: a failed connect.
+	if e := (*Error)(nil); errors.As(err, &e) && e != nil && e.Class.Kind != KindUnknown {
+		return e.Class
+	}
 	if e := (*pq.Error)(nil); errors.As(err, &e) && e != nil {
 		return classifyPostgres(string(e.Code), e.Message, e.Constraint, e.Table, e.Column)
 	}
@@ -527,6 +533,15 @@ func classifyOther(err error) Class {
 	// A refused or failed dial sent nothing.
 	case errors.Is(err, syscall.ECONNREFUSED), isDialError(err):
 		return Class{Kind: KindUnavailable, Scope: ScopeStatement, Retryable: true}
+	// lib/pq's refusals of a host for target_session_attrs, and its error
+	// for a multi-host DSN that reached none: only Connect returns these.
+	case hasText(err, "session is read-only"), hasText(err, "server is in hot standby mode"):
+		return Class{Kind: KindReadOnly, Scope: ScopeStatement, Retryable: true, Dialect: DialectPostgres}
+	case hasPrefixText(err, pqNoHost):
+		if hasAnyText(err, readOnlyConnect) {
+			return Class{Kind: KindReadOnly, Scope: ScopeStatement, Retryable: true, Dialect: DialectPostgres}
+		}
+		return Class{Kind: KindUnavailable, Scope: ScopeStatement, Retryable: true, Dialect: DialectPostgres}
 	// pgx's failure to connect, whatever broke the handshake: nothing sent.
 	case isPgxConnectError(err):
 		if hasAnyText(err, readOnlyConnect) {
@@ -554,6 +569,10 @@ func isDialError(err error) bool {
 // pgxCommitRollback is the text of pgx's ErrTxCommitRollback, recognised
 // without importing pgx.
 const pgxCommitRollback = "commit unexpectedly resulted in rollback"
+
+// pqNoHost starts lib/pq's error for a multi-host DSN none of whose hosts
+// it could use.
+const pqNoHost = "pq: could not connect to any of the hosts:"
 
 // hasText reports whether err's tree holds an errors.New error with exactly
 // the text msg.
@@ -600,6 +619,29 @@ func isPgxConnectError(err error) bool {
 	}
 	return false
 }
+
+// hasPrefixText reports whether an error in err's chain made by
+// fmt.Errorf with one %w has a message starting with prefix. Only those
+// are asked: their message is a stored string, where another error's
+// Error method may panic (a typed nil pointer, or a join holding one).
+func hasPrefixText(err error, prefix string) bool {
+	if reflect.TypeOf(err) == wrapErrorType && !isNilPointer(err) && strings.HasPrefix(err.Error(), prefix) {
+		return true
+	}
+	switch u := err.(type) {
+	case interface{ Unwrap() error }:
+		return hasPrefixText(u.Unwrap(), prefix)
+	case interface{ Unwrap() []error }:
+		for _, e := range u.Unwrap() {
+			if hasPrefixText(e, prefix) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+var wrapErrorType = reflect.TypeOf(fmt.Errorf("%w", errors.ErrUnsupported))
 
 // hasAnyText reports whether err's message holds one of texts.
 func hasAnyText(err error, texts []string) bool {

@@ -210,8 +210,8 @@ func TestClassifyConnect(t *testing.T) {
 		{"connect mysql invalid", mysql.ErrInvalidConn, Class{Kind: KindUnavailable, Scope: ScopeStatement, Retryable: true, Dialect: DialectMySQL}},
 		{"connect pq shutdown", &pq.Error{Code: "57P01", Message: "terminating connection due to administrator command"},
 			Class{Kind: KindUnavailable, Scope: ScopeStatement, Retryable: true, Dialect: DialectPostgres, Code: "57P01", SQLState: "57P01"}},
-		{"connect read-only (lib/pq)", errors.New("session is read-only"), Class{Kind: KindReadOnly, Scope: ScopeStatement, Retryable: true}},
-		{"connect hot standby (lib/pq)", errors.New("server is in hot standby mode"), Class{Kind: KindReadOnly, Scope: ScopeStatement, Retryable: true}},
+		{"connect read-only (lib/pq)", errors.New("session is read-only"), Class{Kind: KindReadOnly, Scope: ScopeStatement, Retryable: true, Dialect: DialectPostgres}},
+		{"connect hot standby (lib/pq)", errors.New("server is in hot standby mode"), Class{Kind: KindReadOnly, Scope: ScopeStatement, Retryable: true, Dialect: DialectPostgres}},
 		{"connect canceled", context.DeadlineExceeded, Class{Kind: KindQueryCanceled, Scope: ScopeStatement}},
 		{"connect TLS", errors.New("x509: certificate signed by unknown authority"), Class{}},
 	} {
@@ -493,6 +493,18 @@ func TestClassifyOther(t *testing.T) {
 		{"not sent in tx", &notSentError{err: driver.ErrBadConn, tx: true}, Class{Kind: KindConnectionLost, Scope: ScopeTransaction, Retryable: true}},
 		{"commit settled: rolled back", &rolledBackError{err: driver.ErrBadConn, xid: 7},
 			Class{Kind: KindConnectionLost, Scope: ScopeTransaction, Retryable: true, Dialect: DialectPostgres}},
+		// lib/pq's connect-only messages mark themselves.
+		{"lib/pq target_session_attrs", errors.New("session is read-only"), Class{Kind: KindReadOnly, Scope: ScopeStatement, Retryable: true, Dialect: DialectPostgres}},
+		{"lib/pq no host read-only", fmt.Errorf("pq: could not connect to any of the hosts:\n%w", errors.Join(
+			fmt.Errorf("connecting to 127.0.0.1:5463: %w", errors.New("server is in hot standby mode")),
+			fmt.Errorf("connecting to 127.0.0.1:5462: %w", errors.New("session is read-only")))),
+			Class{Kind: KindReadOnly, Scope: ScopeStatement, Retryable: true, Dialect: DialectPostgres}},
+		{"lib/pq no host", fmt.Errorf("pq: could not connect to any of the hosts:\n%w", errors.Join(
+			fmt.Errorf("connecting to 127.0.0.1:1: %w", io.EOF), fmt.Errorf("connecting to 127.0.0.1:2: %w", io.ErrUnexpectedEOF))),
+			Class{Kind: KindUnavailable, Scope: ScopeStatement, Retryable: true, Dialect: DialectPostgres}},
+		{"a not-a-host error", errors.New("session is read-only, says the app"), Class{}},
+		// conflict_wrap_errors: the class the wrapper knew when it wrapped.
+		{"wrapped connect failure", &Error{Class: unavailable, Err: io.EOF}, unavailable},
 		{"cut by the watchdog", &interrupted{ctx: context.DeadlineExceeded, cause: io.EOF, grace: time.Millisecond}, canceled},
 	}
 	for _, tt := range tests {

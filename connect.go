@@ -38,7 +38,7 @@ func (c *connector) Connect(ctx context.Context) (driver.Conn, error) {
 		if ctx.Err() != nil {
 			switch {
 			case last != nil:
-				return nil, last
+				return nil, c.wrapConnect(last)
 			case errors.As(err, new(*interrupted)), errors.Is(err, ctx.Err()):
 				// The context ended the dial, or the wrapper's watchdog cut
 				// the handshake: the context's own error, as database/sql
@@ -46,11 +46,11 @@ func (c *connector) Connect(ctx context.Context) (driver.Conn, error) {
 				// (callers compare it with ==).
 				return nil, ctx.Err()
 			}
-			return nil, err
+			return nil, c.wrapConnect(err)
 		}
 		if !classifyConnect(err).Retryable || errors.Is(err, driver.ErrBadConn) || attempt >= c.cfg.Retries ||
 			c.cfg.RetryTimeout > 0 && time.Since(first) >= c.cfg.RetryTimeout {
-			return nil, err
+			return nil, c.wrapConnect(err)
 		}
 		last = err
 		wait := backoff(attempt, c.cfg.Backoff, c.cfg.MaxBackoff)
@@ -58,7 +58,7 @@ func (c *connector) Connect(ctx context.Context) (driver.Conn, error) {
 			wait = min(wait, t-time.Since(first))
 		}
 		if sleep(ctx, wait) != nil {
-			return nil, last
+			return nil, c.wrapConnect(last)
 		}
 	}
 }
@@ -87,6 +87,19 @@ func (c *connector) connectOnce(ctx context.Context) (driver.Conn, error) {
 		return nil, err
 	}
 	return &conn{mwConn: mc.(mwConn), ic: ic}, nil
+}
+
+// wrapConnect is the error of a failed Connect: the base driver's own,
+// or with conflict_wrap_errors an *Error carrying what the wrapper knows,
+// that nothing was sent (classifyConnect).
+func (c *connector) wrapConnect(err error) error {
+	if !c.cfg.WrapErrors {
+		return err
+	}
+	if cl := classifyConnect(err); cl.Kind != KindUnknown {
+		return &Error{Class: cl, Err: err}
+	}
+	return err
 }
 
 // classifyConnect classifies err as a failure to open a connection or to
