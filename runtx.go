@@ -111,7 +111,7 @@ func (r TxRunner) Run(ctx context.Context, db TxBeginner, opts *sql.TxOptions, f
 	}
 	waits := 0 // attempts followed by a wait
 	start := time.Now()
-	var last error  // the last attempt's error that was not the context's
+	var last error   // the last attempt's error that was not the context's
 	var lastCl Class // and its class
 	for attempt := 1; ; attempt++ {
 		hooks, began, err := runOnce(ctx, db, opts, fn, r.RetryUniqueViolation)
