@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"github.com/sqlconflict/sqlconflict/internal/itest"
 	"os"
 	"strings"
 	"testing"
@@ -218,14 +219,13 @@ func TestIntegrationStmtXABranch(t *testing.T) {
 // autocommit UPDATE that follows, with conflict_savepoints=writes, must not
 // be given a SAVEPOINT (25P01 outside a transaction); it succeeds, as raw.
 func TestIntegrationStmtPrepareTransaction(t *testing.T) {
-	s, ok := pgServer(t)
-	if !ok {
-		return
-	}
+	// The shared server has max_prepared_transactions = 0: a private one
+	// that allows them.
+	inst := itest.StartPG(t, 5471, "max_prepared_transactions = 10")
+	s := server{itest.Server{Name: "postgres", Driver: DriverPostgres, Raw: "postgres", DSN: inst.DSN(), Env: itest.EnvPG}}
 	raw := s.openRaw(t)
 	if n := count(t, raw, "SELECT current_setting('max_prepared_transactions')::int"); n == 0 {
-		t.Skip("the shared PostgreSQL server has max_prepared_transactions = 0, so PREPARE TRANSACTION cannot run there; " +
-			"this test needs a server started with max_prepared_transactions > 0")
+		t.Fatal("the private server was started with max_prepared_transactions = 10 but reports 0")
 	}
 	rawAndWrapped(t, func(t *testing.T, wrapped bool) {
 		tbl := s.hotTable(t, raw, "", 1)
