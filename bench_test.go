@@ -15,9 +15,11 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"fmt"
+	"net"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/ngrok/sqlmw"
 )
@@ -534,4 +536,31 @@ func benchValues(args []driver.NamedValue) []driver.Value {
 		v[i] = a.Value
 	}
 	return v
+}
+
+// BenchmarkWatchdog is the price of bounding one call by its context on a
+// socket the wrapper dialed (sock.go): arming the watchdog and disarming it,
+// for a context that can end (a request's) and one that cannot.
+func BenchmarkWatchdog(b *testing.B) {
+	c1, c2 := net.Pipe()
+	defer c1.Close()
+	defer c2.Close()
+	s := &sock{Conn: c1, grace: 50 * time.Millisecond}
+	for _, deadline := range []bool{false, true} {
+		b.Run(fmt.Sprintf("deadline=%v", deadline), func(b *testing.B) {
+			ctx := context.Background()
+			if deadline {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, time.Hour)
+				defer cancel()
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				w := s.watch(ctx)
+				if w.done(nil) {
+					b.Fatal("cut")
+				}
+			}
+		})
+	}
 }

@@ -306,7 +306,7 @@ func (ic *interceptor) TxCommit(ctx context.Context, tx driver.Tx) error {
 		return &TxAbortedError{Cause: doomed}
 	}
 	if err := ic.txEnded(tx.Commit()); err != nil {
-		err = ic.notSentTx(err)
+		err = ic.notSent(err, true)
 		if verify && Classify(err).Scope == ScopeUnknownOutcome {
 			if err = ic.settleCommit(ctx, id, err); err == nil {
 				return nil
@@ -316,15 +316,6 @@ func (ic *interceptor) TxCommit(ctx context.Context, tx driver.Tx) error {
 		return ic.wrap(err)
 	}
 	return nil
-}
-
-// notSentTx is notSent for a transaction whose end the wrapper already
-// recorded.
-func (ic *interceptor) notSentTx(err error) error {
-	if ic.cfg.badConnSafe && errors.Is(err, driver.ErrBadConn) && !errors.As(err, new(*notSentError)) {
-		return &notSentError{err: err, tx: true}
-	}
-	return err
 }
 
 // TxRollback implements sqlmw.Interceptor.

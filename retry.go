@@ -84,8 +84,10 @@ func (ic *interceptor) inFlight(ctx context.Context, err error, alive bool) erro
 // the connection is gone, with the transaction. database/sql does not retry
 // inside a transaction; the error says that nothing committed and that the
 // whole transaction may run again.
-func (ic *interceptor) notSent(err error) error {
-	if ic.cfg.badConnSafe && ic.inTx() && errors.Is(err, driver.ErrBadConn) && !errors.As(err, new(*notSentError)) {
+// inTx says whether the statement ran in a transaction (TxCommit knows it
+// did after recording the transaction's end).
+func (ic *interceptor) notSent(err error, inTx bool) error {
+	if ic.cfg.badConnSafe && inTx && errors.Is(err, driver.ErrBadConn) && !errors.As(err, new(*notSentError)) {
 		return &notSentError{err: err, tx: true}
 	}
 	return err
@@ -116,7 +118,7 @@ func (e *notSentError) class() Class {
 // statement again (after backing off) and otherwise the error to return.
 // canRetry is false once rows have reached the caller.
 func (ic *interceptor) failed(ctx context.Context, c *call, err error, attempt int, canRetry bool) (bool, error) {
-	err = ic.notSent(err)
+	err = ic.notSent(err, ic.inTx())
 	cl := ic.scope(ctx, Classify(err))
 	if c.first == nil {
 		c.first, c.failed = err, time.Now()
