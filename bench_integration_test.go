@@ -14,7 +14,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
-	"slices"
+	"github.com/sqlconflict/sqlconflict/internal/itest"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -104,48 +104,12 @@ func BenchmarkServerPaired(b *testing.B) {
 				for _, deadline := range []bool{false, true} {
 					b.Run("op="+op+"/ctx="+map[bool]string{false: "background", true: "deadline"}[deadline], func(b *testing.B) {
 						raw, wrapped := s.openRaw(b), s.open(b)
-						benchPairs(b, raw, wrapped, deadline, benchServerOp(b, s, raw, op))
+						itest.Pairs(b, raw, wrapped, deadline, benchServerOp(b, s, raw, op))
 					})
 				}
 			}
 		})
 	}
-}
-
-// benchPairs times op through raw and wrapped alternately, each iteration
-// a pair, and reports the medians and the median ratio. With deadline, each
-// call gets a context with a deadline of its own.
-func benchPairs(b *testing.B, raw, wrapped *sql.DB, deadline bool, op func(context.Context, *sql.DB) error) {
-	do := func(db *sql.DB) time.Duration {
-		start := time.Now()
-		if deadline {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			if err := op(ctx, db); err != nil {
-				b.Fatal(err)
-			}
-		} else if err := op(context.Background(), db); err != nil {
-			b.Fatal(err)
-		}
-		return time.Since(start)
-	}
-	do(raw) // open both connections outside the timed loop
-	do(wrapped)
-	var rawT, wrappedT, ratios []float64
-	for i := 0; b.Loop(); i++ {
-		var r, w time.Duration
-		if i%2 == 0 {
-			r, w = do(raw), do(wrapped)
-		} else {
-			w, r = do(wrapped), do(raw)
-		}
-		rawT = append(rawT, float64(r))
-		wrappedT = append(wrappedT, float64(w))
-		ratios = append(ratios, float64(w)/float64(r))
-	}
-	b.ReportMetric(median(rawT), "raw-ns/op")
-	b.ReportMetric(median(wrappedT), "wrapped-ns/op")
-	b.ReportMetric(median(ratios), "wrapped/raw")
 }
 
 // BenchmarkServerVerifyCommit is the price of conflict_verify_commit on
@@ -183,7 +147,7 @@ func BenchmarkServerVerifyCommit(b *testing.B) {
 						return t.Commit()
 					}
 				}
-				benchPairs(b, raw, wrapped, false, f)
+				itest.Pairs(b, raw, wrapped, false, f)
 			})
 		}
 	}
@@ -218,17 +182,6 @@ func benchServerOp(b *testing.B, s server, db *sql.DB, op string) func(context.C
 }
 
 // median returns the middle of v (which it sorts), or 0 for none.
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	slices.Sort(v)
-	if n := len(v); n%2 == 0 {
-		return (v[n/2-1] + v[n/2]) / 2
-	}
-	return v[len(v)/2]
-}
-
 func benchTx(ctx context.Context, db *sql.DB, update, sel string) error {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {

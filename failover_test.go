@@ -60,18 +60,6 @@ func foOpen(t testing.TB, driver, dsn string) *sql.DB {
 	return db
 }
 
-// foWith appends query parameters to a URL or go-sql-driver/mysql DSN.
-func foWith(dsn string, params ...string) string {
-	if len(params) == 0 {
-		return dsn
-	}
-	sep := "?"
-	if strings.Contains(dsn[strings.LastIndex(dsn, "/")+1:], "?") {
-		sep = "&"
-	}
-	return dsn + sep + strings.Join(params, "&")
-}
-
 // foDescribe names an error and its class, for the raw-versus-wrapped logs.
 func foDescribe(err error) string {
 	if err == nil {
@@ -366,7 +354,7 @@ func TestIntegrationFailoverMariaDBReplica(t *testing.T) {
 	tbl := foTokenTable(t, ps, pdb)
 	rdb := foOpen(t, "mysql", replica.DSN())
 	foWaitTable(t, rdb, tbl)
-	dsn := foWith(replica.DSN(), "rejectReadOnly=true")
+	dsn := itest.WithParams(replica.DSN(), "rejectReadOnly=true")
 
 	// One write in a transaction, raw and wrapped.
 	tryTx := func(db *sql.DB, tok string) error {
@@ -465,7 +453,7 @@ func TestIntegrationFailoverHandshakeRefused(t *testing.T) {
 
 				tok := foTok(mode, 1)
 				for _, wrapErrors := range []bool{false, true} {
-					db := foOpen(t, s.Driver, foWith(dsn, "conflict_retry_timeout=300ms", fmt.Sprintf("conflict_wrap_errors=%v", wrapErrors)))
+					db := foOpen(t, s.Driver, itest.WithParams(dsn, "conflict_retry_timeout=300ms", fmt.Sprintf("conflict_wrap_errors=%v", wrapErrors)))
 					ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
 					ping := db.PingContext(ctx)
 					_, exec := db.ExecContext(ctx, foInsert(s, tbl), tok)
@@ -492,7 +480,7 @@ func TestIntegrationFailoverHandshakeRefused(t *testing.T) {
 				}
 
 				// RunTx while refusing; forwarding again 800 ms later.
-				db := foOpen(t, s.Driver, foWith(dsn, "conflict_retry_timeout=10s"))
+				db := foOpen(t, s.Driver, itest.WithParams(dsn, "conflict_retry_timeout=10s"))
 				tok = foTok(mode, 2)
 				attempts := 0
 				start := time.Now()
@@ -634,7 +622,7 @@ func TestIntegrationFailoverServerDown(t *testing.T) {
 			cancel()
 			t.Logf("raw:     Exec with the server down: %s after %v", foDescribe(rawErr), time.Since(start).Round(time.Millisecond))
 
-			db := foOpen(t, s.Driver, foWith(s.DSN, "conflict_retry_timeout=10s"))
+			db := foOpen(t, s.Driver, itest.WithParams(s.DSN, "conflict_retry_timeout=10s"))
 			tok := foTok("dn", 1)
 			start = time.Now()
 			res := foAsync(func() error {
@@ -741,7 +729,7 @@ func TestIntegrationFailoverVerifyCommit(t *testing.T) {
 	dbs := map[string]*sql.DB{
 		"raw":                   foOpen(t, s.Raw, dsn),
 		"wrapped":               foOpen(t, s.Driver, dsn),
-		"wrapped+verify_commit": foOpen(t, s.Driver, foWith(dsn, "conflict_verify_commit=true")),
+		"wrapped+verify_commit": foOpen(t, s.Driver, itest.WithParams(dsn, "conflict_verify_commit=true")),
 	}
 	modes := []string{"raw", "wrapped", "wrapped+verify_commit"}
 	seq := 0

@@ -4,8 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"fmt"
-	"strings"
 	"testing"
 	"time"
 
@@ -14,47 +12,8 @@ import (
 
 // The caller's context as a hard bound (sock.go): with a frozen server or a
 // stalled network path, every call through the wrapper returns within
-// maxLate of its deadline, whatever the base driver does; the raw driver's
+// itest.MaxLate of its deadline, whatever the base driver does; the raw driver's
 // figures are logged beside. docs/reliability.md has a run's table.
-
-// maxLate is the target: no call returns later than this after its
-// context's deadline.
-const maxLate = 100 * time.Millisecond
-
-// lateResult is what one bounded call did.
-type lateResult struct {
-	late     time.Duration // after the deadline; meaningful if returned
-	err      error
-	returned bool          // within the test's patience
-	done     chan struct{} // closed when the call returns, late or not
-}
-
-// callLate runs op with a context whose deadline is d from now and waits
-// for it at most patience past the deadline. A call still blocked then is
-// left running; done tells when it ends.
-func callLate(d, patience time.Duration, op func(ctx context.Context) error) *lateResult {
-	r := &lateResult{done: make(chan struct{})}
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	deadline, _ := ctx.Deadline()
-	go func() {
-		defer close(r.done)
-		defer cancel()
-		r.err = op(ctx)
-	}()
-	select {
-	case <-r.done:
-		r.returned, r.late = true, max(0, time.Since(deadline))
-	case <-time.After(d + patience):
-	}
-	return r
-}
-
-func (r *lateResult) String() string {
-	if !r.returned {
-		return "still blocked"
-	}
-	return fmt.Sprintf("%v late (%s)", r.late.Round(time.Millisecond), errName(r.err))
-}
 
 // boundedOp is one kind of call, on a connection taken from the pool
 // before the fault (conn) or on a new one (db).
@@ -135,7 +94,7 @@ func boundedFault(t *testing.T, s server, tbl string, open func(t *testing.T, dr
 			end()
 		}
 	}()
-	results := map[bool][]*lateResult{}
+	results := map[bool][]*itest.Late{}
 	for _, wrapped := range []bool{true, false} {
 		sd := sides[wrapped]
 		for i, op := range ops {
@@ -143,7 +102,7 @@ func boundedFault(t *testing.T, s server, tbl string, open func(t *testing.T, dr
 			if op.name == "new connection" {
 				db = open(t, map[bool]string{false: s.Raw, true: s.Driver}[wrapped])
 			}
-			r := callLate(deadline, patience, func(ctx context.Context) error { return op.run(ctx, db, sd.conns[i], tbl) })
+			r := itest.CallLate(deadline, patience, func(ctx context.Context) error { return op.run(ctx, db, sd.conns[i], tbl) })
 			results[wrapped] = append(results[wrapped], r)
 		}
 	}
@@ -153,21 +112,21 @@ func boundedFault(t *testing.T, s server, tbl string, open func(t *testing.T, dr
 		raw, wr := results[false][i], results[true][i]
 		t.Logf("%-14s raw: %-60s wrapped: %v", op.name, raw, wr)
 		switch {
-		case !wr.returned || wr.late > maxLate:
-			t.Errorf("%s: wrapped %v, want within %v of the deadline", op.name, wr, maxLate)
-		case wr.err == nil:
+		case !wr.Returned || wr.Late > itest.MaxLate:
+			t.Errorf("%s: wrapped %v, want within %v of the deadline", op.name, wr, itest.MaxLate)
+		case wr.Err == nil:
 			t.Errorf("%s: wrapped call succeeded against the fault", op.name)
-		case !errors.Is(wr.err, context.DeadlineExceeded):
-			t.Errorf("%s: wrapped error %v does not match context.DeadlineExceeded", op.name, wr.err)
-		case Classify(wr.err).Scope != ScopeUnknownOutcome && op.name != "new connection":
-			t.Errorf("%s: wrapped error %v classified %+v, want an unknown outcome", op.name, wr.err, Classify(wr.err))
+		case !errors.Is(wr.Err, context.DeadlineExceeded):
+			t.Errorf("%s: wrapped error %v does not match context.DeadlineExceeded", op.name, wr.Err)
+		case Classify(wr.Err).Scope != ScopeUnknownOutcome && op.name != "new connection":
+			t.Errorf("%s: wrapped error %v classified %+v, want an unknown outcome", op.name, wr.Err, Classify(wr.Err))
 		}
 	}
 	// Every call the fault held returns once it ends.
 	for _, rs := range results {
 		for _, r := range rs {
 			select {
-			case <-r.done:
+			case <-r.Done:
 			case <-time.After(30 * time.Second):
 				t.Errorf("a call was still blocked 30 s after the fault ended")
 			}
@@ -275,14 +234,7 @@ func TestIntegrationOwnStatementsBounded(t *testing.T) {
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				proxy := itest.NewProxy(t, target)
-				dsn := dsnVia(proxy.Addr())
-				if len(tc.params) > 0 {
-					sep := "?"
-					if strings.Contains(dsn[strings.LastIndex(dsn, "/")+1:], "?") {
-						sep = "&"
-					}
-					dsn += sep + strings.Join(tc.params, "&")
-				}
+				dsn := itest.WithParams(dsnVia(proxy.Addr()), tc.params...)
 				db, err := sql.Open(s.Driver, dsn)
 				if err != nil {
 					t.Fatal(err)
@@ -293,25 +245,25 @@ func TestIntegrationOwnStatementsBounded(t *testing.T) {
 					t.Fatal(err)
 				}
 				proxy.StallOn(tc.stallOn)
-				r := callLate(tc.deadline, 5*time.Second, func(ctx context.Context) error { return tc.op(ctx, db) })
+				r := itest.CallLate(tc.deadline, 5*time.Second, func(ctx context.Context) error { return tc.op(ctx, db) })
 				proxy.Resume()
 				proxy.CutAll()
-				<-r.done
+				<-r.Done
 				t.Logf("%s: %v", tc.name, r)
-				if !r.returned || r.late > maxLate {
-					t.Errorf("%s: %v, want within %v of the deadline", tc.name, r, maxLate)
+				if !r.Returned || r.Late > itest.MaxLate {
+					t.Errorf("%s: %v, want within %v of the deadline", tc.name, r, itest.MaxLate)
 				}
 				// The savepoint never reached the server: the statement's
 				// outcome is the context's. Before a retry the statement
 				// had failed with the lock timeout and had no effect: the
 				// call returns that, the driver's own error.
-				want := errors.Is(r.err, context.DeadlineExceeded)
+				want := errors.Is(r.Err, context.DeadlineExceeded)
 				if tc.name != "savepoint" {
-					ok, _ := s.driverError(r.err)
-					want = ok && Classify(r.err).Kind == KindLockTimeout
+					ok, _ := s.driverError(r.Err)
+					want = ok && Classify(r.Err).Kind == KindLockTimeout
 				}
 				if !want {
-					t.Errorf("%s: %v (%s)", tc.name, r.err, errName(r.err))
+					t.Errorf("%s: %v (%s)", tc.name, r.Err, errName(r.Err))
 				}
 			})
 		}

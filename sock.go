@@ -6,6 +6,7 @@ import (
 	"net"
 	"reflect"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/lib/pq"
@@ -190,6 +191,17 @@ func (d *dialer) DialTimeout(network, address string, timeout time.Duration) (ne
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	return d.DialContext(ctx, network, address)
+}
+
+// withFD runs f with c's file descriptor, if it has one.
+func withFD(c net.Conn, f func(fd uintptr)) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return
+	}
+	if rc, err := sc.SyscallConn(); err == nil {
+		_ = rc.Control(f)
+	}
 }
 
 // underTLS returns the socket under a TLS connection, and whether c was

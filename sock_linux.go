@@ -28,16 +28,8 @@ type pollFd struct {
 // next statement may go to another connection instead.
 func peerGone(c net.Conn) bool {
 	c, plain := underTLS(c)
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return false
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return false
-	}
 	gone := false
-	_ = rc.Control(func(fd uintptr) {
+	withFD(c, func(fd uintptr) {
 		p := pollFd{fd: int32(fd), events: pollIn | pollRdHup}
 		var ts syscall.Timespec // zero: return at once
 		n, _, e := syscall.Syscall6(syscall.SYS_PPOLL, uintptr(unsafe.Pointer(&p)), 1, uintptr(unsafe.Pointer(&ts)), 0, 0, 0)

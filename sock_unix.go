@@ -14,16 +14,8 @@ import (
 // a FIN behind it here; Linux's POLLRDHUP sees it (sock_linux.go).
 func peerGone(c net.Conn) bool {
 	c, plain := underTLS(c)
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return false
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return false
-	}
 	gone := false
-	_ = rc.Control(func(fd uintptr) {
+	withFD(c, func(fd uintptr) {
 		var b [1]byte
 		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		switch {

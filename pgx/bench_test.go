@@ -3,10 +3,9 @@ package pgx_test
 import (
 	"context"
 	"database/sql"
-	"slices"
 	"testing"
-	"time"
 
+	"github.com/sqlconflict/sqlconflict/internal/itest"
 	sqlconflictpgx "github.com/sqlconflict/sqlconflict/pgx"
 )
 
@@ -23,7 +22,6 @@ import (
 //   - op=query: SELECT of one row by primary key, QueryRow+Scan
 //   - op=tx: BEGIN; UPDATE; SELECT; COMMIT
 func BenchmarkPaired(b *testing.B) {
-	ctx := context.Background()
 	srv := pgServer(b)
 	for _, op := range []string{"exec", "exec-nomatch", "query", "tx"} {
 		b.Run("op="+op, func(b *testing.B) {
@@ -32,42 +30,20 @@ func BenchmarkPaired(b *testing.B) {
 			mustExec(b, raw, "INSERT INTO "+tbl+" (id, v) VALUES (1, 0)")
 			update := "UPDATE " + tbl + " SET v = v + 1 WHERE id = $1"
 			sel := "SELECT v FROM " + tbl + " WHERE id = $1"
-			do := func(db *sql.DB) time.Duration {
-				start := time.Now()
-				var err error
+			itest.Pairs(b, raw, wrapped, false, func(ctx context.Context, db *sql.DB) error {
 				switch op {
 				case "exec":
-					_, err = db.ExecContext(ctx, update, 1)
+					_, err := db.ExecContext(ctx, update, 1)
+					return err
 				case "exec-nomatch":
-					_, err = db.ExecContext(ctx, update, -1)
+					_, err := db.ExecContext(ctx, update, -1)
+					return err
 				case "query":
 					var v int64
-					err = db.QueryRowContext(ctx, sel, 1).Scan(&v)
-				case "tx":
-					err = benchTx(ctx, db, update, sel)
+					return db.QueryRowContext(ctx, sel, 1).Scan(&v)
 				}
-				if err != nil {
-					b.Fatal(err)
-				}
-				return time.Since(start)
-			}
-			do(raw) // open both connections outside the timed loop
-			do(wrapped)
-			var rawT, wrappedT, ratios []float64
-			for i := 0; b.Loop(); i++ {
-				var r, w time.Duration
-				if i%2 == 0 {
-					r, w = do(raw), do(wrapped)
-				} else {
-					w, r = do(wrapped), do(raw)
-				}
-				rawT = append(rawT, float64(r))
-				wrappedT = append(wrappedT, float64(w))
-				ratios = append(ratios, float64(w)/float64(r))
-			}
-			b.ReportMetric(median(rawT), "raw-ns/op")
-			b.ReportMetric(median(wrappedT), "wrapped-ns/op")
-			b.ReportMetric(median(ratios), "wrapped/raw")
+				return benchTx(ctx, db, update, sel)
+			})
 		})
 	}
 }
@@ -89,13 +65,3 @@ func benchTx(ctx context.Context, db *sql.DB, update, sel string) error {
 }
 
 // median returns the middle of v (which it sorts), or 0 for none.
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	slices.Sort(v)
-	if n := len(v); n%2 == 0 {
-		return (v[n/2-1] + v[n/2]) / 2
-	}
-	return v[len(v)/2]
-}

@@ -32,62 +32,6 @@ const (
 	portStalePgx = 5478
 )
 
-// faultMaxLate is the hard bound's target: no wrapped call returns later
-// than this after its context's deadline.
-const faultMaxLate = 100 * time.Millisecond
-
-// faultLate is what one call bounded by a deadline did.
-type faultLate struct {
-	late     time.Duration // past the deadline; meaningful if returned
-	err      error
-	returned bool          // within the test's patience
-	done     chan struct{} // closed when the call returns, late or not
-}
-
-// faultCall runs op with a context whose deadline is d from now and waits
-// for it at most patience past the deadline; a call still blocked then is
-// left running, and done tells when it ends.
-func faultCall(d, patience time.Duration, op func(ctx context.Context) error) *faultLate {
-	r := &faultLate{done: make(chan struct{})}
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	deadline, _ := ctx.Deadline()
-	go func() {
-		defer close(r.done)
-		defer cancel()
-		r.err = op(ctx)
-	}()
-	select {
-	case <-r.done:
-		r.returned, r.late = true, max(0, time.Since(deadline))
-	case <-time.After(d + patience):
-	}
-	return r
-}
-
-func (r *faultLate) String() string {
-	if !r.returned {
-		return "still blocked"
-	}
-	return fmt.Sprintf("%v late (%s)", r.late.Round(time.Millisecond), faultErrName(r.err))
-}
-
-// faultErrName is a short description of err for the logs.
-func faultErrName(err error) string {
-	switch {
-	case err == nil:
-		return "no error"
-	case errors.Is(err, context.DeadlineExceeded):
-		return "context.DeadlineExceeded"
-	case errors.Is(err, context.Canceled):
-		return "context.Canceled"
-	}
-	msg := err.Error()
-	if len(msg) > 60 {
-		msg = msg[:60] + "..."
-	}
-	return fmt.Sprintf("%T %s", err, msg)
-}
-
 // faultClass formats a classification for the logs.
 func faultClass(err error) string {
 	cl := sqlconflict.Classify(err)
@@ -103,18 +47,6 @@ func faultOpen(t testing.TB, driver, dsn string) *sql.DB {
 	}
 	t.Cleanup(func() { db.Close() })
 	return db
-}
-
-// faultDSNWith appends query parameters to a URL DSN.
-func faultDSNWith(dsn string, params ...string) string {
-	if len(params) == 0 {
-		return dsn
-	}
-	sep := "?"
-	if strings.Contains(dsn[strings.LastIndex(dsn, "/")+1:], "?") {
-		sep = "&"
-	}
-	return dsn + sep + strings.Join(params, "&")
 }
 
 // faultViaProxy returns the shared server's host:port, for a proxy's
@@ -212,7 +144,7 @@ func faultBounded(t *testing.T, dsn, tbl string, fault func() (end func())) {
 			end()
 		}
 	}()
-	results := map[bool][]*faultLate{}
+	results := map[bool][]*itest.Late{}
 	for _, wrapped := range []bool{true, false} {
 		sd := sides[wrapped]
 		for i, op := range ops {
@@ -220,7 +152,7 @@ func faultBounded(t *testing.T, dsn, tbl string, fault func() (end func())) {
 			if op.name == "new connection" {
 				db = faultOpen(t, drivers[wrapped], dsn)
 			}
-			r := faultCall(deadline, patience, func(ctx context.Context) error { return op.run(ctx, db, sd.conns[i], tbl) })
+			r := itest.CallLate(deadline, patience, func(ctx context.Context) error { return op.run(ctx, db, sd.conns[i], tbl) })
 			results[wrapped] = append(results[wrapped], r)
 		}
 	}
@@ -230,21 +162,21 @@ func faultBounded(t *testing.T, dsn, tbl string, fault func() (end func())) {
 		raw, wr := results[false][i], results[true][i]
 		t.Logf("%-14s raw: %-60s wrapped: %v", op.name, raw, wr)
 		switch {
-		case !wr.returned || wr.late > faultMaxLate:
-			t.Errorf("%s: wrapped %v, want within %v of the deadline", op.name, wr, faultMaxLate)
-		case wr.err == nil:
+		case !wr.Returned || wr.Late > itest.MaxLate:
+			t.Errorf("%s: wrapped %v, want within %v of the deadline", op.name, wr, itest.MaxLate)
+		case wr.Err == nil:
 			t.Errorf("%s: wrapped call succeeded against the fault", op.name)
-		case !errors.Is(wr.err, context.DeadlineExceeded):
-			t.Errorf("%s: wrapped error %v does not match context.DeadlineExceeded", op.name, wr.err)
-		case sqlconflict.Classify(wr.err).Scope != sqlconflict.ScopeUnknownOutcome && op.name != "new connection":
-			t.Errorf("%s: wrapped error %v classified %+v, want an unknown outcome", op.name, wr.err, sqlconflict.Classify(wr.err))
+		case !errors.Is(wr.Err, context.DeadlineExceeded):
+			t.Errorf("%s: wrapped error %v does not match context.DeadlineExceeded", op.name, wr.Err)
+		case sqlconflict.Classify(wr.Err).Scope != sqlconflict.ScopeUnknownOutcome && op.name != "new connection":
+			t.Errorf("%s: wrapped error %v classified %+v, want an unknown outcome", op.name, wr.Err, sqlconflict.Classify(wr.Err))
 		}
 	}
 	// Every call the fault held returns once it ends.
 	for _, rs := range results {
 		for _, r := range rs {
 			select {
-			case <-r.done:
+			case <-r.Done:
 			case <-time.After(20 * time.Second):
 				t.Errorf("a call was still blocked 20 s after the fault ended")
 			}
@@ -381,7 +313,7 @@ func TestIntegrationPgxFaultReadOnlyHosts(t *testing.T) {
 	}
 	rawErr, rawTook := ping("pgx", dsn, 5*time.Second)
 	t.Logf("raw Ping: %v after %v, class %s", rawErr, rawTook.Round(time.Millisecond), faultClass(rawErr))
-	noRetryErr, noRetryTook := ping(sqlconflictpgx.DriverName, faultDSNWith(dsn, "conflict_retries=0"), 5*time.Second)
+	noRetryErr, noRetryTook := ping(sqlconflictpgx.DriverName, itest.WithParams(dsn, "conflict_retries=0"), 5*time.Second)
 	t.Logf("wrapped Ping, conflict_retries=0: %v after %v, class %s", noRetryErr, noRetryTook.Round(time.Millisecond), faultClass(noRetryErr))
 	checkRO("wrapped Ping, conflict_retries=0", noRetryErr)
 	wrErr, wrTook := ping(sqlconflictpgx.DriverName, dsn, 1500*time.Millisecond)
@@ -449,7 +381,7 @@ func TestIntegrationPgxFaultRefused(t *testing.T) {
 				{"wrapped, defaults, 1 s context", sqlconflictpgx.DriverName, nil, time.Second},
 			} {
 				for _, op := range []string{"Ping", "Exec"} {
-					db := faultOpen(t, a.driver, faultDSNWith(dsn, a.params...))
+					db := faultOpen(t, a.driver, itest.WithParams(dsn, a.params...))
 					ctx, cancel := context.WithTimeout(context.Background(), a.timeout)
 					start := time.Now()
 					var err error
@@ -521,7 +453,7 @@ func TestIntegrationPgxFaultServerDown(t *testing.T) {
 	cancel()
 	t.Logf("raw pgx INSERT, server down: %v after %v, class %s", rawErr, rawTook.Round(time.Millisecond), faultClass(rawErr))
 
-	db := faultOpen(t, sqlconflictpgx.DriverName, faultDSNWith(inst.DSN(), "conflict_retry_timeout=10s"))
+	db := faultOpen(t, sqlconflictpgx.DriverName, itest.WithParams(inst.DSN(), "conflict_retry_timeout=10s"))
 	wait := faultAsync(func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()

@@ -16,7 +16,6 @@ import (
 	"database/sql"
 	"errors"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
@@ -95,16 +94,7 @@ func Servers(t testing.TB, d Drivers) []Server {
 }
 
 // DSNWith returns the server's DSN with query parameters appended.
-func (s Server) DSNWith(params ...string) string {
-	if len(params) == 0 {
-		return s.DSN
-	}
-	sep := "?"
-	if strings.Contains(s.DSN[strings.LastIndex(s.DSN, "/")+1:], "?") {
-		sep = "&"
-	}
-	return s.DSN + sep + strings.Join(params, "&")
-}
+func (s Server) DSNWith(params ...string) string { return WithParams(s.DSN, params...) }
 
 // Open opens the driver named driver (the wrapped one or the base one) on
 // the server's DSN with params appended, closes it when t ends, and fails

@@ -1,0 +1,162 @@
+package sqlconflict
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+// loopbackPair returns the two ends of a TCP connection on 127.0.0.1.
+func loopbackPair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server = <-accepted
+	if server == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { client.Close(); server.Close() })
+	return client, server
+}
+
+// TestPeerGone: the liveness check sees a closed or reset peer, and a
+// PostgreSQL ErrorResponse waiting on an idle plain connection, without
+// consuming anything; an idle connection, or other data waiting (a
+// NOTIFY), is alive.
+func TestPeerGone(t *testing.T) {
+	settle := func() { time.Sleep(20 * time.Millisecond) } // let the segments arrive
+	t.Run("idle", func(t *testing.T) {
+		c, _ := loopbackPair(t)
+		if peerGone(c) {
+			t.Error("an idle connection reads as gone")
+		}
+	})
+	t.Run("closed", func(t *testing.T) {
+		c, s := loopbackPair(t)
+		s.Close()
+		settle()
+		if !peerGone(c) {
+			t.Error("a connection the peer closed reads as alive")
+		}
+	})
+	t.Run("error then close", func(t *testing.T) {
+		c, s := loopbackPair(t)
+		s.Write([]byte("E\x00\x00\x00\x05x")) // an ErrorResponse, then the server exits
+		s.Close()
+		settle()
+		if !peerGone(c) {
+			t.Error("a FATAL error and a close read as alive")
+		}
+		// Nothing was consumed: the driver would still read the message.
+		var b [1]byte
+		if n, err := c.Read(b[:]); n != 1 || err != nil || b[0] != 'E' {
+			t.Errorf("after the check the socket gives %q, %v; want the error message's first byte", b[:n], err)
+		}
+	})
+	t.Run("error pending", func(t *testing.T) {
+		c, s := loopbackPair(t)
+		s.Write([]byte("E\x00\x00\x00\x05x"))
+		settle()
+		if !peerGone(&sock{Conn: c}) {
+			t.Error("an ErrorResponse waiting on an idle plain connection reads as alive")
+		}
+	})
+	t.Run("notification pending", func(t *testing.T) {
+		c, s := loopbackPair(t)
+		s.Write([]byte("A\x00\x00\x00\x05x"))
+		settle()
+		if peerGone(c) {
+			t.Error("a notification waiting reads as gone")
+		}
+	})
+	t.Run("not a socket", func(t *testing.T) {
+		a, b := net.Pipe()
+		defer a.Close()
+		b.Close()
+		if peerGone(a) {
+			t.Error("a connection without a file descriptor cannot be looked at, and is not called gone")
+		}
+	})
+}
+
+// TestWatchdog: a call whose context ends is cut when the grace has passed,
+// not before; a call that returns in time leaves the socket as it was.
+func TestWatchdog(t *testing.T) {
+	const grace = 50 * time.Millisecond
+	t.Run("cuts a blocked read after the grace", func(t *testing.T) {
+		c, _ := loopbackPair(t)
+		s := &sock{Conn: c, grace: grace}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+		defer cancel()
+		w := s.watch(ctx)
+		start := time.Now()
+		_, err := s.Read(make([]byte, 1)) // the server never answers
+		took := time.Since(start)
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("read: %v, want the socket's deadline", err)
+		}
+		if took < 30*time.Millisecond+grace-5*time.Millisecond || took > time.Second {
+			t.Errorf("the read was cut after %v, want about %v", took, 30*time.Millisecond+grace)
+		}
+		if !w.done(err) {
+			t.Error("done does not report the cut")
+		}
+	})
+	t.Run("an answer within the grace", func(t *testing.T) {
+		c, srv := loopbackPair(t)
+		s := &sock{Conn: c, grace: grace}
+		ctx, cancel := context.WithCancel(context.Background())
+		w := s.watch(ctx)
+		cancel()
+		time.Sleep(5 * time.Millisecond) // the watchdog has fired; the grace runs
+		srv.Write([]byte("x"))
+		if _, err := io.ReadFull(s, make([]byte, 1)); err != nil {
+			t.Fatalf("read within the grace: %v", err)
+		}
+		if w.done(nil) {
+			t.Fatal("a call that returned in time reported cut")
+		}
+		// The deadline is gone: a later read waits for data again.
+		go func() { time.Sleep(2 * grace); srv.Write([]byte("y")) }()
+		if _, err := io.ReadFull(s, make([]byte, 1)); err != nil {
+			t.Errorf("a read after the call: %v, want the deadline reset", err)
+		}
+	})
+	t.Run("an error within the grace is the driver's", func(t *testing.T) {
+		c, _ := loopbackPair(t)
+		s := &sock{Conn: c, grace: time.Hour}
+		ctx, cancel := context.WithCancel(context.Background())
+		w := s.watch(ctx)
+		cancel()
+		time.Sleep(5 * time.Millisecond)
+		if w.done(io.EOF) {
+			t.Error("an error before the deadline passed was taken for the watchdog's cut")
+		}
+	})
+	t.Run("a context that cannot end", func(t *testing.T) {
+		c, _ := loopbackPair(t)
+		if w := (&sock{Conn: c, grace: grace}).watch(context.Background()); w != nil {
+			t.Error("a watchdog armed on a context that cannot end")
+		}
+		var none *sock
+		if none.watch(context.TODO()) != nil {
+			t.Error("a watchdog without a socket")
+		}
+	})
+}
