@@ -15,123 +15,10 @@ import (
 // itest.MaxLate of its deadline, whatever the base driver does; the raw driver's
 // figures are logged beside. docs/reliability.md has a run's table.
 
-// boundedOp is one kind of call, on a connection taken from the pool
-// before the fault (conn) or on a new one (db).
-type boundedOp struct {
-	name string
-	run  func(ctx context.Context, db *sql.DB, conn *sql.Conn, tbl string) error
-}
-
-func boundedOps(s server) []boundedOp {
-	update := func(tbl string) string { return "UPDATE " + tbl + " SET v = v + 1 WHERE id = 1" }
-	return []boundedOp{
-		{"exec", func(ctx context.Context, _ *sql.DB, c *sql.Conn, tbl string) error {
-			_, err := c.ExecContext(ctx, update(tbl))
-			return err
-		}},
-		{"exec with args", func(ctx context.Context, _ *sql.DB, c *sql.Conn, tbl string) error {
-			_, err := c.ExecContext(ctx, s.q("UPDATE "+tbl+" SET v = v + 1 WHERE id = $1"), 1)
-			return err
-		}},
-		{"query", func(ctx context.Context, _ *sql.DB, c *sql.Conn, tbl string) error {
-			var v int
-			return c.QueryRowContext(ctx, "SELECT v FROM "+tbl+" WHERE id = 1").Scan(&v)
-		}},
-		{"transaction", func(ctx context.Context, _ *sql.DB, c *sql.Conn, tbl string) error {
-			tx, err := c.BeginTx(ctx, nil)
-			if err != nil {
-				return err
-			}
-			defer tx.Rollback()
-			if _, err := tx.ExecContext(ctx, update(tbl)); err != nil {
-				return err
-			}
-			return tx.Commit()
-		}},
-		{"ping", func(ctx context.Context, _ *sql.DB, c *sql.Conn, _ string) error {
-			return c.PingContext(ctx)
-		}},
-		{"new connection", func(ctx context.Context, db *sql.DB, _ *sql.Conn, _ string) error {
-			return db.PingContext(ctx)
-		}},
-	}
-}
-
-// boundedFault measures every op against one fault, raw and wrapped. open
-// returns a fresh *sql.DB on the faulty path for the driver named; fault
-// starts the fault and returns the function that ends it.
-func boundedFault(t *testing.T, s server, tbl string, open func(t *testing.T, driver string) *sql.DB, fault func() (end func())) {
-	const deadline, patience = 500 * time.Millisecond, 3 * time.Second
-	ops := boundedOps(s)
-	type side struct {
-		db    *sql.DB
-		conns []*sql.Conn
-	}
-	sides := map[bool]*side{}
-	for _, wrapped := range []bool{false, true} {
-		drv := s.Raw
-		if wrapped {
-			drv = s.Driver
-		}
-		sd := &side{db: open(t, drv)}
-		for range ops {
-			c, err := sd.db.Conn(context.Background())
-			if err != nil {
-				t.Fatalf("%s: %v", drv, err)
-			}
-			t.Cleanup(func() { c.Close() })
-			if err := c.PingContext(context.Background()); err != nil {
-				t.Fatalf("%s: %v", drv, err)
-			}
-			sd.conns = append(sd.conns, c)
-		}
-		sides[wrapped] = sd
-	}
-	end := fault()
-	ended := false
-	defer func() {
-		if !ended {
-			end()
-		}
-	}()
-	results := map[bool][]*itest.Late{}
-	for _, wrapped := range []bool{true, false} {
-		sd := sides[wrapped]
-		for i, op := range ops {
-			db := sd.db
-			if op.name == "new connection" {
-				db = open(t, map[bool]string{false: s.Raw, true: s.Driver}[wrapped])
-			}
-			r := itest.CallLate(deadline, patience, func(ctx context.Context) error { return op.run(ctx, db, sd.conns[i], tbl) })
-			results[wrapped] = append(results[wrapped], r)
-		}
-	}
-	end()
-	ended = true
-	for i, op := range ops {
-		raw, wr := results[false][i], results[true][i]
-		t.Logf("%-14s raw: %-60s wrapped: %v", op.name, raw, wr)
-		switch {
-		case !wr.Returned || wr.Late > itest.MaxLate:
-			t.Errorf("%s: wrapped %v, want within %v of the deadline", op.name, wr, itest.MaxLate)
-		case wr.Err == nil:
-			t.Errorf("%s: wrapped call succeeded against the fault", op.name)
-		case !errors.Is(wr.Err, context.DeadlineExceeded):
-			t.Errorf("%s: wrapped error %v does not match context.DeadlineExceeded", op.name, wr.Err)
-		case Classify(wr.Err).Scope != ScopeUnknownOutcome && op.name != "new connection":
-			t.Errorf("%s: wrapped error %v classified %+v, want an unknown outcome", op.name, wr.Err, Classify(wr.Err))
-		}
-	}
-	// Every call the fault held returns once it ends.
-	for _, rs := range results {
-		for _, r := range rs {
-			select {
-			case <-r.Done:
-			case <-time.After(30 * time.Second):
-				t.Errorf("a call was still blocked 30 s after the fault ended")
-			}
-		}
-	}
+// bounded is the hard-bound measurement (itest.Bounded) for s.
+func (s server) bounded(tbl string, open func(t *testing.T, driver string) *sql.DB) itest.Bounded {
+	return itest.Bounded{Raw: s.Raw, Wrapped: s.Driver, Table: tbl, Q: s.q, Open: open,
+		UnknownOutcome: func(err error) bool { return Classify(err).Scope == ScopeUnknownOutcome }}
 }
 
 // TestIntegrationHardBoundPartition: a network path that stops delivering
@@ -151,7 +38,7 @@ func TestIntegrationHardBoundPartition(t *testing.T) {
 			t.Cleanup(func() { db.Close() })
 			return db
 		}
-		boundedFault(t, s, tbl, open, func() func() {
+		s.bounded(tbl, open).Run(t, func() func() {
 			proxy.Stall()
 			return func() { proxy.Resume(); proxy.CutAll() }
 		})
@@ -185,7 +72,7 @@ func TestIntegrationHardBoundFrozen(t *testing.T) {
 				t.Cleanup(func() { db.Close() })
 				return db
 			}
-			boundedFault(t, s, tbl, open, func() func() {
+			s.bounded(tbl, open).Run(t, func() func() {
 				freeze(t)
 				return func() { thaw(t) }
 			})

@@ -11,7 +11,6 @@ package pgx_test
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -68,120 +67,14 @@ func faultViaProxy(t *testing.T, srv itest.Server) (target string, dsnVia func(a
 	}
 }
 
-// faultOp is one kind of call of the hard-bound test, on a connection
-// taken from the pool before the fault (conn) or on a new one (db).
-type faultOp struct {
-	name string
-	run  func(ctx context.Context, db *sql.DB, c *sql.Conn, tbl string) error
-}
-
-func faultOps() []faultOp {
-	update := func(tbl string) string { return "UPDATE " + tbl + " SET v = v + 1 WHERE id = 1" }
-	return []faultOp{
-		{"exec", func(ctx context.Context, _ *sql.DB, c *sql.Conn, tbl string) error {
-			_, err := c.ExecContext(ctx, update(tbl))
-			return err
-		}},
-		{"exec with args", func(ctx context.Context, _ *sql.DB, c *sql.Conn, tbl string) error {
-			_, err := c.ExecContext(ctx, "UPDATE "+tbl+" SET v = v + 1 WHERE id = $1", 1)
-			return err
-		}},
-		{"query", func(ctx context.Context, _ *sql.DB, c *sql.Conn, tbl string) error {
-			var v int
-			return c.QueryRowContext(ctx, "SELECT v FROM "+tbl+" WHERE id = 1").Scan(&v)
-		}},
-		{"transaction", func(ctx context.Context, _ *sql.DB, c *sql.Conn, tbl string) error {
-			tx, err := c.BeginTx(ctx, nil)
-			if err != nil {
-				return err
-			}
-			defer tx.Rollback()
-			if _, err := tx.ExecContext(ctx, update(tbl)); err != nil {
-				return err
-			}
-			return tx.Commit()
-		}},
-		{"ping", func(ctx context.Context, _ *sql.DB, c *sql.Conn, _ string) error {
-			return c.PingContext(ctx)
-		}},
-		{"new connection", func(ctx context.Context, db *sql.DB, _ *sql.Conn, _ string) error {
-			return db.PingContext(ctx)
-		}},
-	}
-}
-
-// faultBounded is the root's boundedFault for pgx: every op against one
-// fault, wrapped then raw, each with a 500 ms deadline. dsn is the faulty
-// path; fault starts the fault and returns the function that ends it.
+// faultBounded is the hard-bound measurement (itest.Bounded) for pgx:
+// raw pgx's stdlib against sqlconflict-pgx on dsn, the faulty path.
 func faultBounded(t *testing.T, dsn, tbl string, fault func() (end func())) {
-	const deadline, patience = 500 * time.Millisecond, 3 * time.Second
-	ops := faultOps()
-	drivers := map[bool]string{false: "pgx", true: sqlconflictpgx.DriverName}
-	type side struct {
-		db    *sql.DB
-		conns []*sql.Conn
-	}
-	sides := map[bool]*side{}
-	for _, wrapped := range []bool{false, true} {
-		sd := &side{db: faultOpen(t, drivers[wrapped], dsn)}
-		for range ops {
-			c, err := sd.db.Conn(context.Background())
-			if err != nil {
-				t.Fatalf("%s: %v", drivers[wrapped], err)
-			}
-			t.Cleanup(func() { c.Close() })
-			if err := c.PingContext(context.Background()); err != nil {
-				t.Fatalf("%s: %v", drivers[wrapped], err)
-			}
-			sd.conns = append(sd.conns, c)
-		}
-		sides[wrapped] = sd
-	}
-	end := fault()
-	ended := false
-	defer func() {
-		if !ended {
-			end()
-		}
-	}()
-	results := map[bool][]*itest.Late{}
-	for _, wrapped := range []bool{true, false} {
-		sd := sides[wrapped]
-		for i, op := range ops {
-			db := sd.db
-			if op.name == "new connection" {
-				db = faultOpen(t, drivers[wrapped], dsn)
-			}
-			r := itest.CallLate(deadline, patience, func(ctx context.Context) error { return op.run(ctx, db, sd.conns[i], tbl) })
-			results[wrapped] = append(results[wrapped], r)
-		}
-	}
-	end()
-	ended = true
-	for i, op := range ops {
-		raw, wr := results[false][i], results[true][i]
-		t.Logf("%-14s raw: %-60s wrapped: %v", op.name, raw, wr)
-		switch {
-		case !wr.Returned || wr.Late > itest.MaxLate:
-			t.Errorf("%s: wrapped %v, want within %v of the deadline", op.name, wr, itest.MaxLate)
-		case wr.Err == nil:
-			t.Errorf("%s: wrapped call succeeded against the fault", op.name)
-		case !errors.Is(wr.Err, context.DeadlineExceeded):
-			t.Errorf("%s: wrapped error %v does not match context.DeadlineExceeded", op.name, wr.Err)
-		case sqlconflict.Classify(wr.Err).Scope != sqlconflict.ScopeUnknownOutcome && op.name != "new connection":
-			t.Errorf("%s: wrapped error %v classified %+v, want an unknown outcome", op.name, wr.Err, sqlconflict.Classify(wr.Err))
-		}
-	}
-	// Every call the fault held returns once it ends.
-	for _, rs := range results {
-		for _, r := range rs {
-			select {
-			case <-r.Done:
-			case <-time.After(20 * time.Second):
-				t.Errorf("a call was still blocked 20 s after the fault ended")
-			}
-		}
-	}
+	itest.Bounded{Raw: "pgx", Wrapped: sqlconflictpgx.DriverName, Table: tbl,
+		Open: func(t *testing.T, driver string) *sql.DB { return faultOpen(t, driver, dsn) },
+		UnknownOutcome: func(err error) bool {
+			return sqlconflict.Classify(err).Scope == sqlconflict.ScopeUnknownOutcome
+		}}.Run(t, fault)
 }
 
 // TestIntegrationPgxFaultHardBound: the caller's context bounds every call
