@@ -156,3 +156,66 @@ func TestIntegrationOwnStatementsBounded(t *testing.T) {
 		}
 	})
 }
+
+// TestIntegrationHardBoundLiveServer: a PostgreSQL server that answers
+// lib/pq's cancel request but is slow to deliver the statement's own answer
+// (the proxy holds the session's link, new connections pass) is alive, not
+// frozen: the caller gets the server's 57014, as raw lib/pq does, within two
+// graces of its deadline. The same delay with
+// the cancel request held too is cut after one grace (sock.go).
+func TestIntegrationHardBoundLiveServer(t *testing.T) {
+	s, _ := pgServer(t)
+	target, dsnVia := s.viaProxy(t)
+	const (
+		deadline = 300 * time.Millisecond
+		hold     = 75 * time.Millisecond // past one grace (50 ms), within two
+	)
+	for _, tc := range []struct {
+		name      string
+		stall     func(p *itest.Proxy)
+		drv       string
+		want57014 bool
+	}{
+		{"raw", (*itest.Proxy).StallExisting, s.Raw, true},
+		{"wrapped, cancel request answered", (*itest.Proxy).StallExisting, s.Driver, true},
+		{"wrapped, cancel request held", (*itest.Proxy).Stall, s.Driver, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			proxy := itest.NewProxy(t, target)
+			db, err := sql.Open(tc.drv, dsnVia(proxy.Addr()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			db.SetMaxOpenConns(1)
+			ctx0, cancel0 := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel0()
+			conn, err := db.Conn(ctx0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := conn.ExecContext(ctx0, "SELECT 1"); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), deadline)
+			defer cancel()
+			end, _ := ctx.Deadline()
+			time.AfterFunc(deadline-30*time.Millisecond, func() { tc.stall(proxy) }) // the statement is running
+			time.AfterFunc(deadline+hold, proxy.Resume)
+			_, err = conn.ExecContext(ctx, "SELECT pg_sleep(5)")
+			late := time.Since(end)
+			got57014 := Classify(err).SQLState == "57014"
+			t.Logf("%s: %v late: %v", tc.name, late.Round(time.Millisecond), err)
+			if got57014 != tc.want57014 {
+				t.Fatalf("err %v, want the server's 57014: %v", err, tc.want57014)
+			}
+			if !errors.Is(err, context.DeadlineExceeded) && !tc.want57014 {
+				t.Errorf("a cut call's error does not match context.DeadlineExceeded: %v", err)
+			}
+			if late > 2*DefaultOptions().CancelGrace+itest.MaxLate/2 {
+				t.Errorf("returned %v past the deadline", late)
+			}
+			conn.Close()
+		})
+	}
+}

@@ -99,8 +99,10 @@ type Options struct {
 	// answer (lib/pq sends a cancel request and waits for the server's
 	// reply). Past it the wrapper cuts the connection's socket, reports the
 	// outcome as unknown and discards the connection, so that a frozen
-	// server or a partition cannot hold a call past its deadline. Applies
-	// to connections whose socket the wrapper dials (docs/reliability.md).
+	// server or a partition cannot hold a call past its deadline. A server
+	// that answers lib/pq's cancel request in that time is alive and gets
+	// twice the grace. Applies to connections whose socket the wrapper
+	// dials (docs/reliability.md).
 	CancelGrace time.Duration
 	// VerifyCommit (conflict_verify_commit, PostgreSQL) settles a COMMIT
 	// whose answer was lost: the wrapper learns a writing transaction's id

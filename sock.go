@@ -3,7 +3,10 @@ package sqlconflict
 import (
 	"context"
 	"database/sql/driver"
+	"errors"
+	"io"
 	"net"
+	"os"
 	"reflect"
 	"sync"
 	"syscall"
@@ -26,23 +29,60 @@ import (
 // itself, so they need no help once the wrapper passes them the caller's
 // context (its own statements included).
 
+// Two rules keep the cut from turning a live server's answer into an
+// unknown outcome. The deadline stops the waiting, it never throws away what
+// came: a read that the deadline fails while the server's answer is already
+// in the socket (the reading goroutine was not scheduled in time) gets that
+// answer. And a server that shows it is alive gets longer: when lib/pq's
+// cancel request to the same address is answered (the server closes that
+// connection once it has signalled the backend), the statement's 57014 is
+// on its way, and a running grace is stretched to twice the grace from the
+// context's end. A frozen server or a partition never answers the
+// cancel request, and is cut after one grace.
+
 // sock is a base connection's socket, dialed by the wrapper.
 type sock struct {
 	net.Conn
 	grace time.Duration
+	d     *dialer // the dialer, for the liveness rule; nil for tests' sockets
+	spare bool    // dialed outside Connect: lib/pq's cancel request
 
 	mu      sync.Mutex
 	expired int // watchdogs that fired and are still armed
 }
 
+// Read reads from the socket and, when the watchdog's deadline failed the
+// read, takes what the server had already sent.
+func (s *sock) Read(p []byte) (int, error) {
+	n, err := s.Conn.Read(p)
+	if n == 0 && err != nil {
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded) && s.isExpired():
+			if m := readArrived(s.Conn, p); m > 0 {
+				return m, nil
+			}
+		case err == io.EOF && s.spare && s.d != nil:
+			s.d.answered(s.Conn.RemoteAddr().String())
+		}
+	}
+	return n, err
+}
+
+func (s *sock) isExpired() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.expired > 0
+}
+
 // watchdog bounds one call by its context.
 type watchdog struct {
-	s      *sock
-	ctx    context.Context
-	stop   func() bool
-	active bool      // under s.mu: the call is still running
-	fired  bool      // under s.mu: ctx ended during the call and the deadline was set
-	cutAt  time.Time // under s.mu: the deadline set
+	s       *sock
+	ctx     context.Context
+	stop    func() bool
+	active  bool      // under s.mu: the call is still running
+	fired   bool      // under s.mu: ctx ended during the call and the deadline was set
+	firedAt time.Time // under s.mu: when
+	cutAt   time.Time // under s.mu: the deadline set
 }
 
 // watch arms a watchdog on ctx for a call on s, or returns nil when there
@@ -60,14 +100,41 @@ func (s *sock) watch(ctx context.Context) *watchdog {
 func (w *watchdog) fire() {
 	s := w.s
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if !w.active {
+		s.mu.Unlock()
 		return // the call ended as the context did
 	}
 	w.fired = true
 	s.expired++
-	w.cutAt = time.Now().Add(s.grace)
+	w.firedAt = time.Now()
+	w.cutAt = w.firedAt.Add(s.grace)
 	_ = s.Conn.SetDeadline(w.cutAt)
+	s.mu.Unlock()
+	if s.d != nil {
+		s.d.track(w, true)
+	}
+}
+
+// stretch gives a call whose grace is running twice the grace from its
+// context's end, the server having shown it is alive.
+func (w *watchdog) stretch() {
+	s := w.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !w.active || !w.fired || !time.Now().Before(w.cutAt) {
+		return // returned, or already cut: nothing to give back
+	}
+	if cut := w.firedAt.Add(2 * s.grace); cut.After(w.cutAt) {
+		w.cutAt = cut
+		_ = s.Conn.SetDeadline(cut)
+	}
+}
+
+// waited is how long the call was given after its context ended.
+func (w *watchdog) waited() time.Duration {
+	w.s.mu.Lock()
+	defer w.s.mu.Unlock()
+	return w.cutAt.Sub(w.firedAt).Round(time.Millisecond)
 }
 
 // cutBy reports, under s.mu, whether err is the deadline's doing: the
@@ -89,6 +156,9 @@ func (w *watchdog) done(err error) (cut bool) {
 		return false
 	}
 	s := w.s
+	if s.d != nil {
+		defer s.d.track(w, false)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	w.active = false
@@ -137,7 +207,7 @@ func (e *interrupted) Unwrap() error { return e.ctx }
 // one and marks the connection to be discarded.
 func (ic *interceptor) cutErr(w *watchdog, err error) error {
 	ic.sess.discard = true
-	return &interrupted{ctx: context.Cause(w.ctx), cause: err, grace: w.s.grace}
+	return &interrupted{ctx: context.Cause(w.ctx), cause: err, grace: w.waited()}
 }
 
 // dialer dials lib/pq's connections as lib/pq's own default dialer does,
@@ -149,6 +219,39 @@ func (ic *interceptor) cutErr(w *watchdog, err error) error {
 type dialer struct {
 	d     net.Dialer
 	grace time.Duration
+
+	mu    sync.Mutex
+	fired map[*watchdog]struct{} // watchdogs whose grace may be running
+}
+
+// track records a watchdog that fired (on) or whose call returned (off).
+func (d *dialer) track(w *watchdog, on bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if on {
+		if d.fired == nil {
+			d.fired = map[*watchdog]struct{}{}
+		}
+		d.fired[w] = struct{}{}
+	} else {
+		delete(d.fired, w)
+	}
+}
+
+// answered stretches the running graces of the calls on connections to
+// addr: the server there answered a cancel request.
+func (d *dialer) answered(addr string) {
+	d.mu.Lock()
+	var ws []*watchdog
+	for w := range d.fired {
+		if w.s.Conn.RemoteAddr().String() == addr {
+			ws = append(ws, w)
+		}
+	}
+	d.mu.Unlock()
+	for _, w := range ws {
+		w.stretch()
+	}
 }
 
 var _ pq.DialerContext = (*dialer)(nil)
@@ -169,14 +272,17 @@ func (d *dialer) DialContext(ctx context.Context, network, address string) (net.
 	if err != nil {
 		return nil, err
 	}
-	s := &sock{Conn: c, grace: d.grace}
+	s := &sock{Conn: c, grace: d.grace, d: d}
 	if slot, ok := ctx.Value(connSlotKey{}).(*connSlot); ok {
 		// Bound by Connect's own context, not the dial's: lib/pq cancels a
 		// connect_timeout's context as soon as the dial returns.
 		slot.socks = append(slot.socks, s)
 		slot.dogs = append(slot.dogs, s.watch(slot.ctx))
-	} else if ctx.Done() != nil {
-		context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })
+	} else {
+		s.spare = true
+		if ctx.Done() != nil {
+			context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })
+		}
 	}
 	return s, nil
 }

@@ -149,6 +149,28 @@ func TestWatchdog(t *testing.T) {
 			t.Error("an error before the deadline passed was taken for the watchdog's cut")
 		}
 	})
+	t.Run("an answer that arrived before a late read", func(t *testing.T) {
+		c, srv := loopbackPair(t)
+		s := &sock{Conn: c, grace: grace}
+		ctx, cancel := context.WithCancel(context.Background())
+		w := s.watch(ctx)
+		cancel()
+		time.Sleep(grace + 20*time.Millisecond) // the deadline has passed
+		srv.Write([]byte("xy"))                 // the answer arrives, the reader has not run yet
+		time.Sleep(20 * time.Millisecond)
+		b := make([]byte, 2)
+		if n, err := io.ReadFull(s, b); n != 2 || err != nil || string(b) != "xy" {
+			t.Fatalf("read: %q, %v; want the answer that had arrived", b[:n], err)
+		}
+		// Nothing more has arrived: the next read is cut at once.
+		start := time.Now()
+		if _, err := s.Read(b); !errors.Is(err, os.ErrDeadlineExceeded) || time.Since(start) > grace/2 {
+			t.Errorf("a read with nothing waiting: %v after %v, want the deadline at once", err, time.Since(start))
+		}
+		if !w.done(os.ErrDeadlineExceeded) {
+			t.Error("done does not report the cut")
+		}
+	})
 	t.Run("a context that cannot end", func(t *testing.T) {
 		c, _ := loopbackPair(t)
 		if w := (&sock{Conn: c, grace: grace}).watch(context.Background()); w != nil {
@@ -159,4 +181,75 @@ func TestWatchdog(t *testing.T) {
 			t.Error("a watchdog without a socket")
 		}
 	})
+}
+
+// TestWatchdogStretch: when lib/pq's cancel request to the same server is
+// answered (the server closes that connection), a running grace is stretched
+// to twice the grace from the context's end; without that answer (a
+// frozen server, a partition) the call is cut after one grace.
+func TestWatchdogStretch(t *testing.T) {
+	const grace = 100 * time.Millisecond
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	conns := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns <- c
+		}
+	}()
+	d := &dialer{grace: grace}
+	dial := func() (*sock, net.Conn) {
+		c, err := d.DialContext(context.Background(), "tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := <-conns
+		t.Cleanup(func() { c.Close(); srv.Close() })
+		return c.(*sock), srv
+	}
+	// call reads on a fresh connection whose context has ended, the server
+	// answering after the given time, and returns the read's error.
+	call := func(t *testing.T, cancelAnswered bool, after time.Duration) error {
+		s, srv := dial()
+		ctx, cancel := context.WithCancel(context.Background())
+		w := s.watch(ctx)
+		cancel()
+		time.Sleep(5 * time.Millisecond)
+		if cancelAnswered {
+			cs, csrv := dial() // lib/pq's cancel request, dialed outside Connect
+			csrv.Close()
+			if _, err := cs.Read(make([]byte, 1)); err != io.EOF {
+				t.Fatalf("the cancel request's read: %v, want EOF", err)
+			}
+		}
+		go func() { time.Sleep(after); srv.Write([]byte("x")) }()
+		_, err := s.Read(make([]byte, 1))
+		w.done(err)
+		return err
+	}
+	t.Run("a live server gets more time", func(t *testing.T) {
+		if err := call(t, true, grace*3/2); err != nil {
+			t.Errorf("read: %v, want the answer after one and a half graces", err)
+		}
+	})
+	t.Run("at most two graces", func(t *testing.T) {
+		if err := call(t, true, 3*grace); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("read: %v, want the deadline", err)
+		}
+	})
+	t.Run("no answer to the cancel request", func(t *testing.T) {
+		if err := call(t, false, grace*3/2); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("read: %v, want the deadline after one grace", err)
+		}
+	})
+	if len(d.fired) != 0 {
+		t.Errorf("%d watchdogs still tracked after their calls returned", len(d.fired))
+	}
 }

@@ -80,6 +80,19 @@ func (p *Proxy) Stall() {
 	}
 }
 
+// StallExisting stalls the links open now, as Stall does, and keeps
+// forwarding new ones: a server slow to answer on its sessions but
+// answering new connections (a cancel request) at once.
+func (p *Proxy) StallExisting() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for l := range p.links {
+		if l.stall == nil {
+			l.stall = make(chan struct{})
+		}
+	}
+}
+
 // StallOn arms a stall for the first chunk a client sends that contains
 // pattern: the proxy stalls (as Stall does) before forwarding it, so the
 // server never sees it until Resume. It targets one statement on the wire,
@@ -90,13 +103,20 @@ func (p *Proxy) StallOn(pattern string) {
 	p.mu.Unlock()
 }
 
-// Resume forwards again, delivering what Stall held back, in order.
+// Resume forwards again, delivering what Stall and StallExisting held
+// back, in order.
 func (p *Proxy) Resume() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.stall != nil {
 		close(p.stall)
 		p.stall = nil
+	}
+	for l := range p.links {
+		if l.stall != nil {
+			close(l.stall)
+			l.stall = nil
+		}
 	}
 }
 
@@ -187,6 +207,7 @@ type proxyConn struct {
 	client, server net.Conn
 	done           chan struct{} // closed by close
 	once           sync.Once
+	stall          chan struct{} // under Proxy.mu: StallExisting's, closed by Resume
 }
 
 func (l *proxyConn) close() {
@@ -276,6 +297,9 @@ func (p *Proxy) waitForward(l *proxyConn) bool {
 	for {
 		p.mu.Lock()
 		stall := p.stall
+		if stall == nil {
+			stall = l.stall
+		}
 		p.mu.Unlock()
 		if stall == nil {
 			return true
