@@ -36,7 +36,12 @@ type conn struct {
 // Unwrap returns the base driver's connection. Together with [BaseConn] it is
 // the unwrapping protocol for code that needs the base driver's own API
 // inside [database/sql.Conn.Raw].
-func (c *conn) Unwrap() driver.Conn { return c.ic.conn }
+func (c *conn) Unwrap() driver.Conn {
+	// What is sent on the base connection is not recorded: the
+	// transaction cannot be replayed.
+	c.ic.rp.refuse("the base connection was used (sql.Conn.Raw)")
+	return c.ic.conn
+}
 
 // ExecContext implements [driver.ExecerContext]. It runs the statement as
 // sqlmw would but returns the base driver's result itself rather than sqlmw's
@@ -143,6 +148,8 @@ type interceptor struct {
 	// following it allocates nothing; a second query opened while the first
 	// is still open gets a state of its own.
 	rows rowsState
+	// rp records the transaction for a replay (replay.go).
+	rp replayLog
 }
 
 // txState is what the wrapper knows about the connection's transaction.
@@ -276,6 +283,10 @@ func (ic *interceptor) ConnBeginTx(ctx context.Context, conn driver.ConnBeginTx,
 		return ctx, nil, ic.wrap(err)
 	}
 	ic.beginTx(txIsolation(opts))
+	ic.rp.reset()
+	if ic.cfg.Replay == ReplayOn {
+		ic.rp.start(ctx, opts, tx)
+	}
 	// database/sql rolls the transaction back when ctx ends, with a call
 	// that takes no context: the watchdog bounds it, and Commit, too.
 	ic.txDog = ic.sock.watch(ctx)
@@ -294,6 +305,8 @@ func (ic *interceptor) txEnded(err error) error {
 // TxCommit implements sqlmw.Interceptor. A doomed transaction is rolled back
 // and its cause returned: committing it would persist only its second half.
 func (ic *interceptor) TxCommit(ctx context.Context, tx driver.Tx) error {
+	defer ic.rp.reset()
+	tx = ic.baseTx(tx)
 	doomed := ic.tx.doomed
 	var id txIdentity
 	verify := false
@@ -307,6 +320,13 @@ func (ic *interceptor) TxCommit(ctx context.Context, tx driver.Tx) error {
 	}
 	if err := ic.txEnded(tx.Commit()); err != nil {
 		err = ic.notSent(err, true)
+		if ic.rp.on {
+			var replayed bool
+			if err, replayed = ic.replayCommit(ctx, err); err == nil {
+				return nil
+			}
+			verify = verify && !replayed
+		}
 		if verify && Classify(err).Scope == ScopeUnknownOutcome {
 			if err = ic.settleCommit(ctx, id, err); err == nil {
 				return nil
@@ -320,6 +340,8 @@ func (ic *interceptor) TxCommit(ctx context.Context, tx driver.Tx) error {
 
 // TxRollback implements sqlmw.Interceptor.
 func (ic *interceptor) TxRollback(ctx context.Context, tx driver.Tx) error {
+	defer ic.rp.reset()
+	tx = ic.baseTx(tx)
 	ic.endTx(ic.sess.chains)
 	err := ic.txEnded(tx.Rollback())
 	if err != nil && ic.guards() && Classify(err).Dialect != DialectUnknown {
@@ -391,19 +413,26 @@ func (ic *interceptor) ConnExecContext(ctx context.Context, conn driver.ExecerCo
 	}
 	c := call{query: query, hasArgs: len(args) > 0}
 	w := ic.sock.watch(ctx)
+	c.args = args
 	res, err := run(ic, ctx, &c, func(ctx context.Context) (driver.Result, error) {
 		return conn.ExecContext(ctx, query, args)
 	})
+	if c.rec > 0 {
+		res = ic.rp.result(res, c.rec)
+	}
 	return res, ic.settle(w, err)
 }
 
 // StmtExecContext implements sqlmw.Interceptor.
 func (ic *interceptor) StmtExecContext(ctx context.Context, stmt driver.StmtExecContext, query string, args []driver.NamedValue) (driver.Result, error) {
-	c := call{query: query}
+	c := call{query: query, args: args, prepared: true}
 	w := ic.sock.watch(ctx)
 	res, err := run(ic, ctx, &c, func(ctx context.Context) (driver.Result, error) {
 		return stmt.ExecContext(ctx, args)
 	})
+	if c.rec > 0 {
+		res = ic.rp.result(res, c.rec)
+	}
 	return res, ic.settle(w, err)
 }
 

@@ -61,7 +61,7 @@ func ExampleSplitDSN_error() {
 	fmt.Println(err)
 	// Output:
 	// sqlconflict: DSN option conflict_retries="many": want an integer >= 0
-	// sqlconflict: unknown DSN option "conflict_retry" (known: conflict_retries, conflict_retry_timeout, conflict_backoff, conflict_max_backoff, conflict_savepoints, conflict_savepoint_budget, conflict_blind_reread, conflict_wrap_errors, conflict_retry_functions, conflict_cancel_grace, conflict_verify_commit)
+	// sqlconflict: unknown DSN option "conflict_retry" (known: conflict_retries, conflict_retry_timeout, conflict_backoff, conflict_max_backoff, conflict_savepoints, conflict_savepoint_budget, conflict_blind_reread, conflict_wrap_errors, conflict_retry_functions, conflict_cancel_grace, conflict_verify_commit, conflict_replay, conflict_replay_statements, conflict_replay_bytes)
 }
 
 func ExampleOptions_Validate() {
@@ -75,5 +75,5 @@ func ExampleOptions_Validate() {
 func ExampleDefaultOptions() {
 	fmt.Printf("%+v\n", sqlconflict.DefaultOptions())
 	// Output:
-	// {Retries:50 RetryTimeout:10s Backoff:5ms MaxBackoff:1s Savepoints:off SavepointBudget:32 BlindReread:fix WrapErrors:false RetryFunctions:false CancelGrace:50ms VerifyCommit:false Logger:<nil> Observer:<nil> Dialect:unknown NetConn:<nil>}
+	// {Retries:50 RetryTimeout:10s Backoff:5ms MaxBackoff:1s Savepoints:off SavepointBudget:32 BlindReread:fix WrapErrors:false RetryFunctions:false CancelGrace:50ms VerifyCommit:false Replay:off ReplayStatements:1000 ReplayBytes:1048576 Logger:<nil> Observer:<nil> Dialect:unknown NetConn:<nil>}
 }

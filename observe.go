@@ -22,10 +22,19 @@ const (
 	// (Kind unknown) when the transaction committed, KindConnectionLost
 	// with ScopeTransaction when it rolled back.
 	EventCommitSettled
+	// EventReplay: a transaction that a conflict aborted was replayed
+	// (conflict_replay) and everything the application had seen came out
+	// the same; the failing statement or COMMIT runs again. Statements is
+	// how many were sent again.
+	EventReplay
+	// EventReplayFailed: a transaction that a conflict aborted was not
+	// replayed, or its replay did not verify; the application gets the
+	// conflict. Reason says why (the first difference found, say).
+	EventReplayFailed
 )
 
-// String returns "retry", "savepoint rollback", "transaction doomed" or
-// "commit settled".
+// String returns "retry", "savepoint rollback", "transaction doomed",
+// "commit settled", "transaction replayed" or "replay failed".
 func (e Event) String() string {
 	switch e {
 	case EventRetry:
@@ -36,6 +45,10 @@ func (e Event) String() string {
 		return "transaction doomed"
 	case EventCommitSettled:
 		return "commit settled"
+	case EventReplay:
+		return "transaction replayed"
+	case EventReplayFailed:
+		return "replay failed"
 	}
 	return "unknown"
 }
@@ -44,7 +57,13 @@ func (e Event) String() string {
 type Observation struct {
 	Event   Event
 	Class   Class // the classification of the error behind the event
-	Attempt int   // for EventRetry, the number of the attempt about to run (2 for the first retry)
+	Attempt int   // for EventRetry, the number of the attempt about to run (2 for the first retry); for the replay events, the replay's number (from 1)
+	// Statements is, for EventReplay and EventReplayFailed, how many
+	// recorded statements the replay sent again.
+	Statements int
+	// Reason is, for EventReplayFailed, why the transaction was not
+	// replayed or what differed.
+	Reason string
 }
 
 // event reports what the wrapper did: to the Observer, and to the logger at
@@ -56,5 +75,16 @@ func (ic *interceptor) event(ev Event, cl Class, attempt int) {
 	if l := ic.cfg.logger(); l.Enabled(context.Background(), slog.LevelDebug) {
 		l.Debug("sqlconflict: "+ev.String(),
 			slog.String("kind", cl.Kind.String()), slog.String("code", cl.Code), slog.Int("attempt", attempt))
+	}
+}
+
+// replayEvent reports a replay event with its figures.
+func (ic *interceptor) replayEvent(ev Event, cl Class, attempt, stmts int, reason string) {
+	if ic.cfg.Observer != nil {
+		ic.cfg.Observer(Observation{Event: ev, Class: cl, Attempt: attempt, Statements: stmts, Reason: reason})
+	}
+	if l := ic.cfg.logger(); l.Enabled(context.Background(), slog.LevelDebug) {
+		l.Debug("sqlconflict: "+ev.String(), slog.String("kind", cl.Kind.String()), slog.String("code", cl.Code),
+			slog.Int("attempt", attempt), slog.Int("statements", stmts), slog.String("reason", reason))
 	}
 }

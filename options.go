@@ -39,6 +39,34 @@ func (m SavepointMode) String() string {
 	return "SavepointMode(" + strconv.Itoa(int(m)) + ")"
 }
 
+// ReplayMode says whether a transaction that a conflict aborted is replayed
+// (DSN option conflict_replay; see docs/retry.md).
+type ReplayMode int
+
+const (
+	// ReplayOff leaves an aborted transaction to the application (or to
+	// RunTx). DSN value "off".
+	ReplayOff ReplayMode = iota
+	// ReplayOn replays a transaction begun with BeginTx that the server
+	// aborted for a conflict a fresh attempt can clear: its statements are
+	// sent again in a new transaction, and the failing statement (or the
+	// COMMIT) runs again only if everything the application had seen is
+	// the same; otherwise the application gets the original error. DSN
+	// value "on".
+	ReplayOn
+)
+
+// String returns the DSN value: "off" or "on".
+func (m ReplayMode) String() string {
+	switch m {
+	case ReplayOff:
+		return "off"
+	case ReplayOn:
+		return "on"
+	}
+	return "ReplayMode(" + strconv.Itoa(int(m)) + ")"
+}
+
 // BlindRereadMode says what happens when a retry inside a REPEATABLE READ
 // transaction would re-read its own stale snapshot (DSN option
 // conflict_blind_reread).
@@ -112,7 +140,20 @@ type Options struct {
 	// that says the transaction rolled back and may be run again, instead
 	// of an unknown outcome.
 	VerifyCommit bool
-	Logger       *slog.Logger // nil means slog.Default(); not a DSN option
+	// Replay (conflict_replay) replays a transaction the server aborted for
+	// a conflict (a deadlock, a serialization or Galera certification
+	// failure, a lock timeout or, on PostgreSQL, a unique violation that
+	// ended it), verifying that everything the application saw is the same
+	// (replay.go, docs/retry.md). Its attempts and time are bounded by
+	// Retries and RetryTimeout, with Backoff between them.
+	Replay ReplayMode
+	// ReplayStatements (conflict_replay_statements) and ReplayBytes
+	// (conflict_replay_bytes) bound what is recorded of one transaction
+	// for a replay: its statements, and the bytes of their text and
+	// arguments. A transaction past either is not replayed.
+	ReplayStatements int
+	ReplayBytes      int
+	Logger           *slog.Logger // nil means slog.Default(); not a DSN option
 
 	// Observer, when set, is told of every retry, savepoint rollback and
 	// doomed transaction, synchronously, on the goroutine using the
@@ -134,14 +175,17 @@ type Options struct {
 // DefaultOptions returns the options used when a DSN sets none.
 func DefaultOptions() Options {
 	return Options{
-		Retries:         50,
-		RetryTimeout:    10 * time.Second,
-		Backoff:         5 * time.Millisecond,
-		MaxBackoff:      time.Second,
-		Savepoints:      SavepointsOff,
-		SavepointBudget: 32,
-		BlindReread:     BlindRereadFix,
-		CancelGrace:     50 * time.Millisecond,
+		Retries:          50,
+		RetryTimeout:     10 * time.Second,
+		Backoff:          5 * time.Millisecond,
+		MaxBackoff:       time.Second,
+		Savepoints:       SavepointsOff,
+		SavepointBudget:  32,
+		BlindReread:      BlindRereadFix,
+		CancelGrace:      50 * time.Millisecond,
+		Replay:           ReplayOff,
+		ReplayStatements: 1000,
+		ReplayBytes:      1 << 20,
 	}
 }
 
@@ -161,6 +205,12 @@ func (o Options) Validate() error {
 		return fmt.Errorf("sqlconflict: Options.Savepoints (conflict_savepoints) must be SavepointsOff or SavepointsWrites, got %d", int(o.Savepoints))
 	case o.SavepointBudget < 0:
 		return fmt.Errorf("sqlconflict: Options.SavepointBudget (conflict_savepoint_budget) must be >= 0, got %d", o.SavepointBudget)
+	case o.Replay < ReplayOff || o.Replay > ReplayOn:
+		return fmt.Errorf("sqlconflict: Options.Replay (conflict_replay) must be ReplayOff or ReplayOn, got %d", int(o.Replay))
+	case o.ReplayStatements < 0:
+		return fmt.Errorf("sqlconflict: Options.ReplayStatements (conflict_replay_statements) must be >= 0, got %d", o.ReplayStatements)
+	case o.ReplayBytes < 0:
+		return fmt.Errorf("sqlconflict: Options.ReplayBytes (conflict_replay_bytes) must be >= 0, got %d", o.ReplayBytes)
 	case o.CancelGrace < 0:
 		return fmt.Errorf("sqlconflict: Options.CancelGrace (conflict_cancel_grace) must be >= 0, got %v", o.CancelGrace)
 	case o.BlindReread < BlindRereadWarn || o.BlindReread > BlindRereadFix:
@@ -195,7 +245,7 @@ const (
 	dsnOptionPrefix = "conflict_"
 	dsnOptionList   = "conflict_retries, conflict_retry_timeout, conflict_backoff, conflict_max_backoff, conflict_savepoints, " +
 		"conflict_savepoint_budget, conflict_blind_reread, conflict_wrap_errors, conflict_retry_functions, conflict_cancel_grace, " +
-		"conflict_verify_commit"
+		"conflict_verify_commit, conflict_replay, conflict_replay_statements, conflict_replay_bytes"
 )
 
 // SplitDSN reads the conflict_* options out of dsn, starting from base
@@ -506,6 +556,15 @@ func (r *optionReader) set(name, val string, valErr error) error {
 	case "conflict_verify_commit":
 		o.VerifyCommit, ok = boolean()
 		want = `a boolean such as "true" or "false"`
+	case "conflict_replay":
+		o.Replay, ok = parseOptionEnum(val, ReplayOn)
+		want = `"off" or "on"`
+	case "conflict_replay_statements":
+		o.ReplayStatements, ok = count()
+		want = "an integer >= 0"
+	case "conflict_replay_bytes":
+		o.ReplayBytes, ok = count()
+		want = "an integer >= 0"
 	case "conflict_cancel_grace":
 		o.CancelGrace, ok = duration()
 		want = `a duration >= 0 such as "50ms"`

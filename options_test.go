@@ -154,7 +154,8 @@ func setAllOptions(o *sqlconflict.Options) {
 	*o = sqlconflict.Options{Retries: 7, RetryTimeout: 3 * time.Second, Backoff: time.Millisecond, MaxBackoff: 2 * time.Second,
 		Savepoints: sqlconflict.SavepointsWrites, SavepointBudget: 4,
 		BlindReread: sqlconflict.BlindRereadOff, WrapErrors: true,
-		RetryFunctions: true, CancelGrace: 20 * time.Millisecond, VerifyCommit: true}
+		RetryFunctions: true, CancelGrace: 20 * time.Millisecond, VerifyCommit: true,
+		Replay: sqlconflict.ReplayOn, ReplayStatements: 9, ReplayBytes: 4096}
 }
 
 func TestSplitDSN(t *testing.T) {
@@ -210,7 +211,7 @@ func TestSplitDSN(t *testing.T) {
 			dsn: "postgresql://alice:pw@db:5432/app?conflict_retries=7&sslmode=disable&conflict_backoff=1ms&conflict_retry_timeout=3s&" +
 				"application_name=a%26b&conflict_max_backoff=2s&conflict_savepoints=writes&connect_timeout=5&" +
 				"conflict_savepoint_budget=4&conflict_blind_reread=off&conflict_wrap_errors=true&conflict_retry_functions=1&" +
-				"conflict_cancel_grace=20ms&conflict_verify_commit=true",
+				"conflict_cancel_grace=20ms&conflict_verify_commit=true&conflict_replay=on&conflict_replay_statements=9&conflict_replay_bytes=4096",
 			want: "postgresql://alice:pw@db:5432/app?sslmode=disable&application_name=a%26b&connect_timeout=5",
 			opts: setAllOptions},
 		{name: "url/escaped password", form: formURL,
@@ -274,7 +275,7 @@ func TestSplitDSN(t *testing.T) {
 		{name: "kv/all mixed", form: formKV,
 			dsn: "conflict_retries=7 host=db conflict_backoff=1ms conflict_max_backoff=2s dbname=app conflict_retry_timeout='3s' " +
 				"conflict_savepoints=writes\tconflict_savepoint_budget=4\nsslmode=disable conflict_blind_reread=off conflict_wrap_errors=t " +
-				"conflict_retry_functions=true conflict_cancel_grace='20ms' conflict_verify_commit=1",
+				"conflict_retry_functions=true conflict_cancel_grace='20ms' conflict_verify_commit=1 conflict_replay=on conflict_replay_statements=9 conflict_replay_bytes='4096'",
 			want: "host=db dbname=app sslmode=disable",
 			opts: setAllOptions},
 		{name: "kv/spaces around =", form: formKV,
@@ -352,7 +353,7 @@ func TestSplitDSN(t *testing.T) {
 			dsn: "alice:pw@tcp(db:3306)/app?conflict_retries=7&parseTime=true&conflict_backoff=1ms&conflict_retry_timeout=3000ms&" +
 				"conflict_max_backoff=2s&conflict_savepoints=writes&loc=Europe%2FParis&" +
 				"conflict_savepoint_budget=4&conflict_blind_reread=off&conflict_wrap_errors=TRUE&conflict_retry_functions=true&" +
-				"conflict_cancel_grace=20ms&conflict_verify_commit=true",
+				"conflict_cancel_grace=20ms&conflict_verify_commit=true&conflict_replay=on&conflict_replay_statements=9&conflict_replay_bytes=4096",
 			want: "alice:pw@tcp(db:3306)/app?parseTime=true&loc=Europe%2FParis",
 			opts: setAllOptions},
 		{name: "mysql/password specials", form: formMySQL,
@@ -413,7 +414,7 @@ func TestSplitDSN(t *testing.T) {
 			dsn: "file:/tmp/app.db?conflict_retries=7&_pragma=busy_timeout(0)&conflict_backoff=1ms&conflict_retry_timeout=3s&" +
 				"conflict_max_backoff=2s&_pragma=journal_mode(WAL)&conflict_savepoints=writes&" +
 				"conflict_savepoint_budget=4&conflict_blind_reread=off&conflict_wrap_errors=true&_time_format=sqlite&" +
-				"conflict_retry_functions=true&conflict_cancel_grace=20ms&conflict_verify_commit=true",
+				"conflict_retry_functions=true&conflict_cancel_grace=20ms&conflict_verify_commit=true&conflict_replay=on&conflict_replay_statements=9&conflict_replay_bytes=4096",
 			want: "file:/tmp/app.db?_pragma=busy_timeout(0)&_pragma=journal_mode(WAL)&_time_format=sqlite",
 			opts: setAllOptions},
 		{name: "query/slash after ?", form: formQuery,
@@ -621,13 +622,16 @@ func TestSplitDSNErrors(t *testing.T) {
 		}},
 	}
 	bad := map[string][]string{
-		"conflict_retries":          {"abc", "-1", "1.5", "", "99999999999999999999"},
-		"conflict_backoff":          {"5", "-1ms", "fast"},
-		"conflict_max_backoff":      {"1", "-1s"},
-		"conflict_savepoints":       {"on", "WRITES", ""},
-		"conflict_savepoint_budget": {"-3", "x"},
-		"conflict_blind_reread":     {"warning", "ERROR"},
-		"conflict_wrap_errors":      {"yes", "2"},
+		"conflict_retries":           {"abc", "-1", "1.5", "", "99999999999999999999"},
+		"conflict_backoff":           {"5", "-1ms", "fast"},
+		"conflict_max_backoff":       {"1", "-1s"},
+		"conflict_savepoints":        {"on", "WRITES", ""},
+		"conflict_savepoint_budget":  {"-3", "x"},
+		"conflict_blind_reread":      {"warning", "ERROR"},
+		"conflict_wrap_errors":       {"yes", "2"},
+		"conflict_replay":            {"true", "ON", "writes", ""},
+		"conflict_replay_statements": {"-1", "many"},
+		"conflict_replay_bytes":      {"1MB", "-5"},
 	}
 	for _, tmpl := range templates {
 		for key, vals := range bad {
@@ -697,7 +701,7 @@ func TestValidate(t *testing.T) {
 func TestDefaultOptions(t *testing.T) {
 	want := sqlconflict.Options{Retries: 50, RetryTimeout: 10 * time.Second, Backoff: 5 * time.Millisecond, MaxBackoff: time.Second,
 		Savepoints: sqlconflict.SavepointsOff, SavepointBudget: 32, BlindReread: sqlconflict.BlindRereadFix,
-		CancelGrace: 50 * time.Millisecond}
+		CancelGrace: 50 * time.Millisecond, Replay: sqlconflict.ReplayOff, ReplayStatements: 1000, ReplayBytes: 1 << 20}
 	if got := sqlconflict.DefaultOptions(); !reflect.DeepEqual(got, want) {
 		t.Errorf("DefaultOptions() = %+v, want %+v", got, want)
 	}

@@ -17,6 +17,17 @@ type call struct {
 	several uint8     // 0: not looked at yet; 1: one statement (or not several for certain); 2: several (multi)
 	first   error     // the first attempt's error
 	failed  time.Time // when the first attempt failed: the retries' time budget starts there
+
+	// For conflict_replay (replay.go): what the statement sends, its entry
+	// in the transaction's record (from 1; 0 if not recorded) and that
+	// record's generation, and whether a replay ran for it.
+	args     []driver.NamedValue
+	prepared bool
+	isQuery  bool
+	rec      int
+	gen      uint64
+	replayed bool
+	verify   bool // a replay ran: the reopened rows' prefix is checked (rows.go)
 }
 
 // run executes one statement (Exec or Query, direct or prepared) under the
@@ -38,6 +49,9 @@ func run[T any](ic *interceptor, ctx context.Context, c *call, do func(context.C
 		v, err := do(ctx)
 		if err == nil {
 			ic.afterStmt(c)
+			if ic.rp.on {
+				c.rec, c.gen = ic.rp.add(c, ic.cfg.ReplayStatements, ic.cfg.ReplayBytes), ic.rp.gen
+			}
 			return v, nil
 		}
 		if ic.noteSkip(err, c.hasArgs) {
@@ -48,6 +62,9 @@ func run[T any](ic *interceptor, ctx context.Context, c *call, do func(context.C
 		}
 		again, out := ic.failed(ctx, c, err, attempt, true)
 		if !again {
+			if ic.rp.on {
+				ic.rp.failedStmt(c, out, ic.cfg.ReplayStatements, ic.cfg.ReplayBytes, ic.cfg.sp.rollbackTo)
+			}
 			return zero, ic.inFlight(ctx, out, alive)
 		}
 	}
@@ -175,7 +192,17 @@ func (ic *interceptor) failed(ctx context.Context, c *call, err error, attempt i
 	default:
 		// Unguarded in a transaction, or an error that only a rerun of the
 		// whole transaction can cure: rolling back to a savepoint keeps the
-		// locks taken before it, so a deadlock would form again.
+		// locks taken before it, so a deadlock would form again. That
+		// rerun is a verified replay, with conflict_replay.
+		if ic.rp.on {
+			if ic.replayStmt(ctx, c, cl) {
+				return true, nil
+			}
+			if c.replayed {
+				err = c.first // the application's error, as without replay
+				cl = ic.scope(ctx, Classify(err))
+			}
+		}
 		ic.stmtFailed(ctx, err, cl)
 		return false, ic.wrap(err)
 	}

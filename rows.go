@@ -3,6 +3,7 @@ package sqlconflict
 import (
 	"context"
 	"database/sql/driver"
+	"errors"
 	"io"
 	"reflect"
 )
@@ -51,7 +52,7 @@ func (c queryCall) do(ctx context.Context) (driver.Rows, error) {
 
 // query1 runs a query and follows its rows.
 func query1(ic *interceptor, ctx context.Context, q queryCall, hasArgs bool) (context.Context, driver.Rows, error) {
-	c := call{query: q.query, hasArgs: hasArgs}
+	c := call{query: q.query, hasArgs: hasArgs, args: q.args, prepared: q.stmt != nil, isQuery: true}
 	w := ic.sock.watch(ctx) // rows read from the socket until they close
 	rows, err := run(ic, ctx, &c, q.do)
 	if err != nil {
@@ -62,6 +63,12 @@ func query1(ic *interceptor, ctx context.Context, q queryCall, hasArgs bool) (co
 		rs = new(rowsState) // the slot's query is still open
 	}
 	*rs = rowsState{ic: ic, orig: rows, rows: rows, q: q, c: c, reread: ic.rereadCheck(&c), dog: w}
+	if c.rec > 0 {
+		ic.rp.open++
+		if rs.reread {
+			ic.rp.refuse("a blind re-read check")
+		}
+	}
 	return ctx, rs, nil
 }
 
@@ -90,13 +97,25 @@ func (rs *rowsState) next(ctx context.Context, dest []driver.Value) error {
 				return io.EOF // closed after an error that was already returned
 			}
 			rs.rows, err = rs.q.do(ctx)
+			if err == nil && rs.c.verify {
+				rs.c.verify = false
+				if err = rs.verify(dest); err != nil && errors.As(err, new(*replayDiff)) {
+					return rs.replayFailed(ctx, err)
+				}
+			}
 		}
 		if err == nil {
 			if err = rs.rows.Next(dest); err == nil {
 				rs.handed = true
+				if rs.c.rec > 0 {
+					ic.rp.row(rs.c.gen, rs.c.rec, dest)
+				}
 				return nil
 			}
 			if err == io.EOF {
+				if rs.c.rec > 0 {
+					ic.rp.end(rs.c.gen, rs.c.rec)
+				}
 				if rs.reread && !rs.handed {
 					rs.reread = false
 					return ic.blindReread(ctx, rs, dest)
@@ -131,6 +150,10 @@ func (rs *rowsState) close(ctx context.Context) error {
 	err := rs.closeRows()
 	failed := err != nil && !rs.done
 	dog := rs.dog
+	if rs.c.rec > 0 && rs.c.gen == ic.rp.gen {
+		ic.rp.open--
+		rs.c.rec = 0
+	}
 	if rs == &ic.rows {
 		ic.rows = rowsState{} // free the slot
 	}
@@ -238,4 +261,35 @@ func (rs *rowsState) ColumnTypePrecisionScale(i int) (int64, int64, bool) {
 		return r.ColumnTypePrecisionScale(i)
 	}
 	return 0, 0, false
+}
+
+// verify reads again, after a replay, the rows of this query that the
+// application had read, which must be the same (replay.go).
+func (rs *rowsState) verify(dest []driver.Value) error {
+	l := &rs.ic.rp
+	e := l.entry(rs.c.gen, rs.c.rec)
+	if e == nil {
+		return &replayDiff{"the query's record is gone"}
+	}
+	n, sum := e.rows, e.sum
+	err := l.skip(rs.rows, n, sum, false, dest, func(what string) error {
+		return &replayDiff{"the open query: " + what}
+	})
+	if err != nil {
+		_ = rs.closeRows()
+	}
+	return err
+}
+
+// replayFailed ends the rows after a replay that did not verify, with the
+// transaction as the conflict left it and the application's error.
+func (rs *rowsState) replayFailed(ctx context.Context, diff error) error {
+	ic := rs.ic
+	_ = rs.closeRows()
+	rs.done = true
+	ic.replayEvent(EventReplayFailed, Classify(rs.c.first), ic.rp.attempts, rs.c.rec-1, diff.Error())
+	ic.replayUndo(ctx, rs.c.first, false)
+	err := rs.c.first
+	ic.stmtFailed(ctx, err, ic.scope(ctx, Classify(err)))
+	return ic.wrap(err)
 }

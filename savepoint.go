@@ -92,11 +92,13 @@ func (ic *interceptor) savepoint(ctx context.Context, c *call) error {
 			if err := ic.exec(ctx, ic.cfg.sp.release); err != nil {
 				return err
 			}
+			ic.rp.own(ic.cfg.sp.release)
 		}
 	}
 	if err := ic.exec(ctx, q); err != nil {
 		return err
 	}
+	ic.rp.own(q)
 	ic.tx.savepoints++
 	ic.tx.released = false
 	return nil
@@ -111,6 +113,7 @@ func (ic *interceptor) undo(ctx context.Context, err error, cl Class, attempt in
 		ic.txFailed(ctx, err, Class{Kind: cl.Kind, Scope: ScopeTransaction, Dialect: cl.Dialect, Code: cl.Code})
 		return false
 	}
+	ic.rp.own(ic.cfg.sp.rollbackTo)
 	ic.event(EventSavepointRollback, cl, attempt)
 	ic.onConflict(ctx, cl)
 	return true
@@ -197,6 +200,7 @@ func (ic *interceptor) beforeTxStmt(ctx context.Context, c *call) error {
 				ic.txFailed(ctx, err, Classify(err))
 				return ic.wrap(err)
 			}
+			ic.rp.own(ic.cfg.sp.release)
 		}
 		ic.tx.released = true
 	}
