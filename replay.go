@@ -299,7 +299,11 @@ func replayCures(cl Class, d Dialect) bool {
 func (ic *interceptor) replay(ctx context.Context, c *call, cl Class, upTo int, openRows int, ended bool) bool {
 	end := ended
 	l := &ic.rp
-	if !l.recording() || !replayCures(cl, ic.cfg.Dialect) {
+	if !l.on || !replayCures(cl, ic.cfg.Dialect) {
+		return false
+	}
+	if l.why != "" {
+		ic.replayEvent(EventReplayFailed, cl, l.attempts+1, 0, l.why)
 		return false
 	}
 	switch {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -353,6 +354,317 @@ func TestIntegrationReplayNotVerified(t *testing.T) {
 				}
 				mustExec(t, raw, "UPDATE "+tbl+" SET v = 0")
 			})
+		}
+	})
+}
+
+// deadlockVictim (no fastDeadlocks: PostgreSQL aborts the session whose
+// deadlock check finds the cycle, the first to wait only if its check
+// comes after the other closed the cycle) makes the victim transaction (on db, begun by begin) lose
+// a deadlock against another session on raw: after prelude ran in it, the
+// victim updates row 1 then row 2, the other session rows 3-19 (so that it
+// is the heavier one, which InnoDB keeps), row 2, then row 1, and commits.
+// It returns the victim's error at its update of row 2, run with vctx, and
+// the victim's transaction, still open.
+func deadlockVictim(t *testing.T, ctx, vctx context.Context, s server, raw, db *sql.DB, tbl string,
+	begin func() (*sql.Tx, error), prelude func(tx *sql.Tx) error) (*sql.Tx, error) {
+	t.Helper()
+	upd := s.q("UPDATE " + tbl + " SET v = v + 1 WHERE id = $1")
+	other, err := raw.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Rollback()
+	if _, err := other.ExecContext(ctx, "UPDATE "+tbl+" SET v = v + 1 WHERE id >= 3 AND id < 20"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.ExecContext(ctx, upd, 2); err != nil {
+		t.Fatal(err)
+	}
+	victim, err := begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { victim.Rollback() })
+	if err := prelude(victim); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := victim.ExecContext(ctx, upd, 1); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := victim.ExecContext(vctx, upd, 2) // waits for the other session
+		done <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	if _, err := other.ExecContext(ctx, upd, 1); err != nil {
+		t.Fatalf("the server chose the other session as the deadlock's victim: %v", err)
+	}
+	if err := other.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	return victim, <-done
+}
+
+// replayTable makes the table deadlockVictim works on: rows 1..30 at 0.
+func replayTable(t *testing.T, s server, raw *sql.DB) string {
+	tbl := s.table(t, raw, "", "id INT PRIMARY KEY, v INT NOT NULL")
+	var vals []string
+	for i := 1; i <= 30; i++ {
+		vals = append(vals, fmt.Sprintf("(%d, 0)", i))
+	}
+	mustExec(t, raw, "INSERT INTO "+tbl+" (id, v) VALUES "+strings.Join(vals, ", "))
+	return tbl
+}
+
+// TestIntegrationReplayBounds: what is never replayed gets the original
+// deadlock, the server's own error, with an EventReplayFailed naming why:
+// a transaction past conflict_replay_statements or conflict_replay_bytes,
+// one in which the application used sql.Conn.Raw, one that called a
+// function the wrapper does not know, one that set a session variable. And
+// a control, the same transaction within the bounds, that is replayed.
+func TestIntegrationReplayBounds(t *testing.T) {
+	eachServer(t, func(t *testing.T, s server) {
+		raw := s.openRaw(t)
+		tbl := replayTable(t, s, raw)
+		fn := tbl + "_f"
+		if s.PG() {
+			mustExec(t, raw, "CREATE OR REPLACE FUNCTION "+fn+"() RETURNS int LANGUAGE sql AS 'SELECT 1'")
+			t.Cleanup(func() { raw.Exec("DROP FUNCTION IF EXISTS " + fn + "()") })
+		} else {
+			mustExec(t, raw, "CREATE OR REPLACE FUNCTION "+fn+"() RETURNS INT DETERMINISTIC RETURN 1")
+			t.Cleanup(func() { raw.Exec("DROP FUNCTION IF EXISTS " + fn) })
+		}
+		setVar := map[bool]string{true: "SELECT set_config('application_name', 'x', false)", false: "SELECT @sqlconflict_x := 1"}[s.PG()]
+		for _, tc := range []struct {
+			name    string
+			params  []string
+			raw     bool // use sql.Conn.Raw inside the transaction
+			prelude []string
+			reason  string // "" : replayed
+		}{
+			{name: "within the bounds", params: []string{"conflict_replay_statements=5"}, prelude: []string{"SELECT 1", "SELECT 2"}},
+			{name: "past the statements bound", params: []string{"conflict_replay_statements=2"}, prelude: []string{"SELECT 1", "SELECT 2"}, reason: "past conflict_replay_statements"},
+			{name: "past the bytes bound", params: []string{"conflict_replay_bytes=40"}, prelude: []string{"SELECT 1 AS " + strings.Repeat("x", 40)}, reason: "past conflict_replay_statements"},
+			{name: "sql.Conn.Raw", raw: true, reason: "sql.Conn.Raw"},
+			{name: "a function the wrapper does not know", prelude: []string{"SELECT " + fn + "()"}, reason: "cannot be sent again"},
+			{name: "a session setting", prelude: []string{setVar}, reason: "cannot be sent again"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				mustExec(t, raw, "UPDATE "+tbl+" SET v = 0")
+				obs := &replayObs{}
+				db := s.openReplay(t, obs, tc.params...)
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				defer cancel()
+				conn, err := db.Conn(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+				victim, err := deadlockVictim(t, ctx, ctx, s, raw, db, tbl,
+					func() (*sql.Tx, error) { return conn.BeginTx(ctx, nil) },
+					func(tx *sql.Tx) error {
+						if tc.raw {
+							if err := conn.Raw(func(dc any) error { _ = BaseConn(dc); return nil }); err != nil {
+								return err
+							}
+						}
+						for _, q := range tc.prelude {
+							rows, err := tx.QueryContext(ctx, q)
+							if err != nil {
+								return err
+							}
+							for rows.Next() {
+							}
+							if err := rows.Close(); err != nil {
+								return err
+							}
+						}
+						return nil
+					})
+				defer victim.Rollback() // before conn.Close, which waits for it
+				t.Logf("victim: %v; %s", err, obs)
+				if tc.reason == "" {
+					if err != nil {
+						t.Fatalf("within the bounds the victim got %v", err)
+					}
+					if err := victim.Commit(); err != nil {
+						t.Fatalf("Commit after the replay: %v", err)
+					}
+					if v := count(t, raw, "SELECT v FROM "+tbl+" WHERE id = 1"); v != 2 {
+						t.Errorf("row 1 = %d, want 2 (the other session's increment and the victim's)", v)
+					}
+					return
+				}
+				if Classify(err).Kind != KindDeadlock {
+					t.Fatalf("victim: %v, want its deadlock", err)
+				}
+				if ok, _ := s.driverError(err); !ok {
+					t.Errorf("not the driver's own error: %T", err)
+				}
+				obs.mu.Lock()
+				found := false
+				for r := range obs.reasons {
+					found = found || strings.Contains(r, tc.reason)
+				}
+				obs.mu.Unlock()
+				if !found || obs.replayed.Load() != 0 {
+					t.Errorf("events %s, want no replay and a reason with %q", obs, tc.reason)
+				}
+			})
+		}
+	})
+}
+
+// TestIntegrationReplayRowsPartlyRead: a locking read whose rows the
+// application has begun to read fails at its next row with the deadlock
+// (PostgreSQL reports it there). The replay re-reads the rows the
+// application saw, checks them, and the application's *sql.Rows goes on
+// from the same row: every row once, the later ones as the replay found
+// them.
+func TestIntegrationReplayRowsPartlyRead(t *testing.T) {
+	s, _ := pgServer(t)
+	raw := s.openRaw(t)
+	tbl := replayTable(t, s, raw)
+	obs := &replayObs{}
+	db := s.openReplay(t, obs)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	other, err := raw.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Rollback()
+	if _, err := other.ExecContext(ctx, "UPDATE "+tbl+" SET v = v + 1 WHERE id = 3"); err != nil {
+		t.Fatal(err)
+	}
+	victim, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer victim.Rollback()
+	if _, err := victim.ExecContext(ctx, "UPDATE "+tbl+" SET v = v + 10 WHERE id = 30"); err != nil {
+		t.Fatal(err)
+	}
+	type row struct {
+		id, v int
+		pad   string
+	}
+	got := make(chan []row, 1)
+	errc := make(chan error, 1)
+	var firstAt atomic.Int64
+	start := time.Now()
+	go func() {
+		// 20 kB a row: the server flushes rows 1 and 2 to the client
+		// before it waits for row 3's lock.
+		rows, err := victim.QueryContext(ctx, "SELECT id, v, repeat('x', 20000) FROM "+tbl+" WHERE id <= 3 ORDER BY id FOR UPDATE")
+		if err != nil {
+			errc <- err
+			return
+		}
+		var rs []row
+		for rows.Next() {
+			var r row
+			rows.Scan(&r.id, &r.v, &r.pad)
+			r.pad = r.pad[:1]
+			rs = append(rs, r)
+			firstAt.CompareAndSwap(0, time.Now().UnixNano())
+		}
+		errc <- rows.Err()
+		rows.Close()
+		got <- rs
+	}()
+	time.Sleep(100 * time.Millisecond) // rows 1 and 2 sent, the scan waits on row 3
+	if _, err := other.ExecContext(ctx, "UPDATE "+tbl+" SET v = v + 1 WHERE id = 30"); err != nil {
+		select {
+		case verr := <-errc:
+			t.Fatalf("the other session: %v; the victim: %v; %s", err, verr, obs)
+		default:
+		}
+		t.Fatalf("the other session lost the deadlock: %v; %s", err, obs)
+	}
+	if err := other.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("the victim's rows: %v; %s", err, obs)
+	}
+	rs := <-got
+	t.Logf("rows %v; %s", rs, obs)
+	if want := []row{{1, 0, "x"}, {2, 0, "x"}, {3, 1, "x"}}; fmt.Sprint(rs) != fmt.Sprint(want) {
+		t.Errorf("rows %v, want %v (row 3 as the other session committed it)", rs, want)
+	}
+	if obs.replayed.Load() == 0 {
+		t.Error("no replay")
+	}
+	if err := victim.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if v := count(t, raw, "SELECT v FROM "+tbl+" WHERE id = 30"); v != 11 {
+		t.Errorf("row 30 = %d, want 11", v)
+	}
+	// The application had its first row before the deadlock (found after
+	// deadlock_timeout, 1 s): the conflict came in the middle of its rows.
+	if d := firstAt.Load() - start.UnixNano(); d <= 0 || time.Duration(d) > 500*time.Millisecond {
+		t.Errorf("the first row came %v after the query began, want it before the deadlock", time.Duration(d))
+	}
+}
+
+// TestIntegrationReplayContext: the caller's context bounds the replay. The
+// replay's first statement waits on a lock that a third session took once
+// the victim's first attempt released it, and keeps; the victim's context
+// ends at 1.5 s: the victim gets its deadlock,
+// the server's error, by then (plus the cancel grace), and its transaction
+// stays aborted.
+func TestIntegrationReplayContext(t *testing.T) {
+	eachServer(t, func(t *testing.T, s server) {
+		raw := s.openRaw(t)
+		tbl := replayTable(t, s, raw)
+		obs := &replayObs{}
+		db := s.openReplay(t, obs)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		// A third session takes row 25 once the victim has updated it,
+		// so that the replay's first UPDATE waits.
+		holder, err := raw.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer holder.Rollback()
+		// PostgreSQL finds the deadlock after deadlock_timeout (1 s).
+		vctx, vcancel := context.WithTimeout(ctx, 1500*time.Millisecond)
+		defer vcancel()
+		end, _ := vctx.Deadline()
+		held := make(chan error, 1)
+		victim, err := deadlockVictim(t, ctx, vctx, s, raw, db, tbl,
+			func() (*sql.Tx, error) { return db.BeginTx(ctx, nil) },
+			func(tx *sql.Tx) error {
+				if _, err := tx.ExecContext(ctx, s.q("UPDATE "+tbl+" SET v = v + 1 WHERE id = 25")); err != nil {
+					return err
+				}
+				go func() {
+					_, err := holder.ExecContext(ctx, "UPDATE "+tbl+" SET v = v + 1 WHERE id = 25") // waits for the victim
+					held <- err
+				}()
+				return nil
+			})
+		late := time.Since(end)
+		t.Logf("victim: %v, %v after its deadline; %s", err, late.Round(time.Millisecond), obs)
+		if Classify(err).Kind != KindDeadlock {
+			t.Errorf("victim: %v, want its deadlock", err)
+		}
+		if late > 2*DefaultOptions().CancelGrace+100*time.Millisecond {
+			t.Errorf("the victim returned %v after its deadline", late)
+		}
+		if err := <-held; err != nil {
+			t.Fatalf("holder: %v", err)
+		}
+		if victim.Commit() == nil && s.PG() {
+			t.Error("the victim's Commit succeeded")
+		}
+		if v := count(t, raw, "SELECT v FROM "+tbl+" WHERE id = 1"); v != 1 {
+			t.Errorf("row 1 = %d: the victim's work committed", v)
 		}
 	})
 }
