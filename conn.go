@@ -400,6 +400,13 @@ func (ic *interceptor) ConnPrepareContext(ctx context.Context, conn driver.ConnP
 	w := ic.sock.watch(ctx)
 	st, err := conn.PrepareContext(ctx, query)
 	if err = ic.settle(w, err); err != nil {
+		if ic.rp.on {
+			// A Galera node aborts a transaction whose rows a replicated
+			// one took, and says so at the next statement: this PREPARE.
+			if st, err = ic.replayPrepare(ctx, conn, query, err); err == nil {
+				return ctx, st, nil
+			}
+		}
 		ic.stmtFailed(ctx, err, Classify(err))
 		return ctx, nil, ic.wrap(err)
 	}

@@ -643,3 +643,25 @@ func (ic *interceptor) replayCommit(ctx context.Context, err error) (error, bool
 		}
 	}
 }
+
+// replayPrepare replays the transaction after a PREPARE in it failed with
+// err for a conflict, and prepares query again. It returns err itself when
+// that does not work out.
+func (ic *interceptor) replayPrepare(ctx context.Context, conn driver.ConnPrepareContext, query string, err error) (driver.Stmt, error) {
+	c := call{query: query, first: err}
+	for ic.replay(ctx, &c, Classify(err), len(ic.rp.entries), 0, false) {
+		w := ic.sock.watch(ctx)
+		st, perr := conn.PrepareContext(ctx, query)
+		if perr = ic.settle(w, perr); perr == nil {
+			return st, nil
+		}
+		if !replayCures(Classify(perr), ic.cfg.Dialect) {
+			return nil, perr
+		}
+		err = perr
+	}
+	if c.replayed {
+		return nil, c.first
+	}
+	return nil, err
+}
