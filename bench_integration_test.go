@@ -153,6 +153,53 @@ func BenchmarkServerVerifyCommit(b *testing.B) {
 	}
 }
 
+// BenchmarkServerReplay is the happy-path price of conflict_replay=on (the
+// record of each statement, a checksum per row read), paired against the
+// raw driver as conflict_replay=off is: a writing transaction (SELECT,
+// UPDATE, COMMIT) and one that reads 20 rows.
+func BenchmarkServerReplay(b *testing.B) {
+	for _, s := range servers(b) {
+		for _, op := range []string{"tx", "read20"} {
+			for _, replay := range []string{"off", "on"} {
+				b.Run(fmt.Sprintf("%s/op=%s/replay=%s", s.Name, op, replay), func(b *testing.B) {
+					b.ReportAllocs()
+					raw, wrapped := s.openRaw(b), s.open(b, "conflict_replay="+replay)
+					f := benchServerOp(b, s, raw, "tx")
+					if op == "read20" {
+						tbl := benchTable(b, raw, "id INT PRIMARY KEY, v VARCHAR(40) NOT NULL")
+						for i := 1; i <= 20; i++ {
+							mustExec(b, raw, fmt.Sprintf("INSERT INTO %s (id, v) VALUES (%d, 'row %d of twenty, some text')", tbl, i, i))
+						}
+						f = func(ctx context.Context, db *sql.DB) error {
+							t, err := db.BeginTx(ctx, nil)
+							if err != nil {
+								return err
+							}
+							defer t.Rollback()
+							rows, err := t.QueryContext(ctx, "SELECT id, v FROM "+tbl+" ORDER BY id")
+							if err != nil {
+								return err
+							}
+							for rows.Next() {
+								var id int64
+								var v string
+								if err := rows.Scan(&id, &v); err != nil {
+									return err
+								}
+							}
+							if err := rows.Close(); err != nil {
+								return err
+							}
+							return t.Commit()
+						}
+					}
+					itest.Pairs(b, raw, wrapped, false, f)
+				})
+			}
+		}
+	}
+}
+
 // benchServerOp creates a one-row table through db and returns the
 // operation op (exec, exec-nomatch, query or tx) on it, to run through any
 // *sql.DB open on the same server.
