@@ -77,3 +77,16 @@ func ExampleDefaultOptions() {
 	// Output:
 	// {Retries:50 RetryTimeout:10s Backoff:5ms MaxBackoff:1s Savepoints:off SavepointBudget:32 BlindReread:fix WrapErrors:false RetryFunctions:false CancelGrace:50ms VerifyCommit:false Replay:off ReplayStatements:1000 ReplayBytes:1048576 Logger:<nil> Observer:<nil> Dialect:unknown NetConn:<nil>}
 }
+
+// Verified transaction replay is one DSN option: an application's own
+// transactions that a deadlock or serialization failure aborted are
+// replayed, and go on only if everything they saw is the same.
+func ExampleReplayMode() {
+	opts, dsn, err := sqlconflict.SplitDSN("postgres://app@db/shop?sslmode=disable&conflict_replay=on", sqlconflict.DSNAuto, sqlconflict.DefaultOptions())
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(opts.Replay, opts.ReplayStatements, dsn)
+	// Output:
+	// on 1000 postgres://app@db/shop?sslmode=disable
+}
