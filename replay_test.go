@@ -260,79 +260,30 @@ func TestIntegrationReplayIncrement(t *testing.T) {
 func TestIntegrationReplayNotVerified(t *testing.T) {
 	eachServer(t, func(t *testing.T, s server) {
 		raw := s.openRaw(t)
-		tbl := s.table(t, raw, "", "id INT PRIMARY KEY, v INT NOT NULL")
-		mustExec(t, raw, "INSERT INTO "+tbl+" (id, v) VALUES (1, 0), (2, 0)")
-		for i := 3; i <= 30; i++ {
-			mustExec(t, raw, fmt.Sprintf("INSERT INTO %s (id, v) VALUES (%d, 0)", tbl, i))
-		}
+		tbl := replayTable(t, s, raw)
 		obs := &replayObs{}
 		db := s.openReplay(t, obs)
-		upd := s.q("UPDATE " + tbl + " SET v = v + 1 WHERE id = $1")
 		for _, tc := range []struct {
 			name string
 			read string // what the victim reads first
-			// change runs between the victim's failure and its replay: in
-			// the other session, before its own COMMIT.
+			// change runs in the other session before its COMMIT, between
+			// the victim's failure and its replay.
 			change string
 		}{
-			{"a value changed meanwhile", "SELECT v FROM " + tbl + " WHERE id = 2", "UPDATE " + tbl + " SET v = v + 100 WHERE id = 2"},
+			{"a value changed meanwhile", "SELECT v FROM " + tbl + " WHERE id = 29", "UPDATE " + tbl + " SET v = v + 100 WHERE id = 29"},
 			{"the clock", map[bool]string{true: "SELECT CAST(NOW() AS VARCHAR(64))", false: "SELECT CAST(NOW(6) AS CHAR)"}[s.PG()], ""},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
+				mustExec(t, raw, "UPDATE "+tbl+" SET v = 0")
 				before := obs.failed.Load()
 				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 				defer cancel()
-				// The victim: reads, updates row 1, then row 2 (held by
-				// the other session, which then wants row 1: a deadlock
-				// the server breaks by aborting one of them).
-				other, err := raw.BeginTx(ctx, nil)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer other.Rollback()
-				// Heavier than the victim, so that InnoDB, which rolls
-				// back the transaction that changed fewer rows, picks
-				// the victim; PostgreSQL aborts the session whose wait
-				// began first, the victim's.
-				if _, err := other.ExecContext(ctx, "UPDATE "+tbl+" SET v = v + 1 WHERE id >= 3"); err != nil {
-					t.Fatal(err)
-				}
-				if _, err := other.ExecContext(ctx, upd, 2); err != nil {
-					t.Fatal(err)
-				}
-				victim, err := db.BeginTx(ctx, nil)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer victim.Rollback()
 				var seen string
-				if err := victim.QueryRowContext(ctx, tc.read).Scan(&seen); err != nil {
-					t.Fatal(err)
-				}
-				if _, err := victim.ExecContext(ctx, upd, 1); err != nil {
-					t.Fatal(err)
-				}
-				time.Sleep(5 * time.Millisecond)
-				done := make(chan error, 1)
-				go func() {
-					_, err := victim.ExecContext(ctx, upd, 2) // waits for other
-					done <- err
-				}()
-				time.Sleep(100 * time.Millisecond)
-				// The other session closes the cycle; one of them is the
-				// deadlock's victim. Make it ours: the other retries.
-				_, oerr := other.ExecContext(ctx, upd, 1)
-				if oerr == nil && tc.change != "" {
-					_, oerr = other.ExecContext(ctx, tc.change)
-				}
-				if oerr == nil {
-					oerr = other.Commit()
-				}
-				verr := <-done
-				t.Logf("victim: %v; other: %v; %s", verr, oerr, obs)
-				if oerr != nil {
-					t.Fatalf("the server chose the other session as the deadlock's victim: %v", oerr)
-				}
+				victim, verr := deadlockVictim(t, ctx, ctx, s, raw, db, tbl, tc.change,
+					func() (*sql.Tx, error) { return db.BeginTx(ctx, nil) },
+					func(tx *sql.Tx) error { return tx.QueryRowContext(ctx, tc.read).Scan(&seen) })
+				defer victim.Rollback()
+				t.Logf("victim: %v; %s", verr, obs)
 				if verr == nil {
 					t.Fatalf("the victim's statement succeeded after a replay that read %q before", seen)
 				}
@@ -355,7 +306,6 @@ func TestIntegrationReplayNotVerified(t *testing.T) {
 				if v := count(t, raw, "SELECT v FROM "+tbl+" WHERE id = 1"); v != 1 {
 					t.Errorf("row 1 is %d after the other session's one increment", v)
 				}
-				mustExec(t, raw, "UPDATE "+tbl+" SET v = 0")
 			})
 		}
 	})
@@ -366,10 +316,11 @@ func TestIntegrationReplayNotVerified(t *testing.T) {
 // comes after the other closed the cycle) makes the victim transaction (on db, begun by begin) lose
 // a deadlock against another session on raw: after prelude ran in it, the
 // victim updates row 1 then row 2, the other session rows 3-19 (so that it
-// is the heavier one, which InnoDB keeps), row 2, then row 1, and commits.
+// is the heavier one, which InnoDB keeps), row 2, then row 1, then runs
+// change if there is one, and commits.
 // It returns the victim's error at its update of row 2, run with vctx, and
 // the victim's transaction, still open.
-func deadlockVictim(t *testing.T, ctx, vctx context.Context, s server, raw, db *sql.DB, tbl string,
+func deadlockVictim(t *testing.T, ctx, vctx context.Context, s server, raw, db *sql.DB, tbl, change string,
 	begin func() (*sql.Tx, error), prelude func(tx *sql.Tx) error) (*sql.Tx, error) {
 	t.Helper()
 	upd := s.q("UPDATE " + tbl + " SET v = v + 1 WHERE id = $1")
@@ -403,6 +354,11 @@ func deadlockVictim(t *testing.T, ctx, vctx context.Context, s server, raw, db *
 	time.Sleep(100 * time.Millisecond)
 	if _, err := other.ExecContext(ctx, upd, 1); err != nil {
 		t.Fatalf("the server chose the other session as the deadlock's victim: %v", err)
+	}
+	if change != "" {
+		if _, err := other.ExecContext(ctx, change); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := other.Commit(); err != nil {
 		t.Fatal(err)
@@ -465,7 +421,7 @@ func TestIntegrationReplayBounds(t *testing.T) {
 					t.Fatal(err)
 				}
 				defer conn.Close()
-				victim, err := deadlockVictim(t, ctx, ctx, s, raw, db, tbl,
+				victim, err := deadlockVictim(t, ctx, ctx, s, raw, db, tbl, "",
 					func() (*sql.Tx, error) { return conn.BeginTx(ctx, nil) },
 					func(tx *sql.Tx) error {
 						if tc.raw {
@@ -640,7 +596,7 @@ func TestIntegrationReplayContext(t *testing.T) {
 		defer vcancel()
 		end, _ := vctx.Deadline()
 		held := make(chan error, 1)
-		victim, err := deadlockVictim(t, ctx, vctx, s, raw, db, tbl,
+		victim, err := deadlockVictim(t, ctx, vctx, s, raw, db, tbl, "",
 			func() (*sql.Tx, error) { return db.BeginTx(ctx, nil) },
 			func(tx *sql.Tx) error {
 				if _, err := tx.ExecContext(ctx, s.q("UPDATE "+tbl+" SET v = v + 1 WHERE id = 25")); err != nil {
