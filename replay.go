@@ -322,6 +322,7 @@ func (ic *interceptor) replay(ctx context.Context, c *call, cl Class, upTo int, 
 	for {
 		if l.attempts >= ic.cfg.Retries || ic.cfg.RetryTimeout > 0 && time.Since(l.failed) >= ic.cfg.RetryTimeout {
 			ic.replayEvent(EventReplayFailed, cl, l.attempts+1, 0, "attempts or time spent (conflict_retries, conflict_retry_timeout)")
+			ic.replayGiveUp(ctx, end)
 			return false
 		}
 		l.attempts++
@@ -331,6 +332,7 @@ func (ic *interceptor) replay(ctx context.Context, c *call, cl Class, upTo int, 
 		}
 		if sleep(ctx, wait) != nil {
 			ic.replayEvent(EventReplayFailed, cl, l.attempts, 0, "the context ended")
+			ic.replayGiveUp(ctx, end)
 			return false
 		}
 		err := ic.replayOnce(ctx, c, upTo, ended)
@@ -555,6 +557,22 @@ func (ic *interceptor) replayUndo(ctx context.Context, orig error, ended bool) {
 	ic.tx.failed = true
 }
 
+// replayGiveUp ends the replays when their attempts, their time or the
+// context ran out, a conflict having aborted the last one: that leaves the
+// transaction as the first conflict did, except after a failed COMMIT, when
+// the application's transaction is over and a replay's must not outlive it.
+func (ic *interceptor) replayGiveUp(ctx context.Context, ended bool) {
+	l := &ic.rp
+	l.refuse("the replays gave up")
+	if ended && l.replaced && l.tx != nil {
+		w := ic.sock.watch(ctx)
+		if ic.settle(w, l.tx.Rollback()) != nil {
+			ic.sess.discard = true
+		}
+		l.tx = nil
+	}
+}
+
 // replayChecks returns why the statements cannot be sent again, or "".
 func (ic *interceptor) replayChecks(ctx context.Context, c *call, upTo int) string {
 	l := &ic.rp
@@ -634,7 +652,9 @@ func (ic *interceptor) replayCommit(ctx context.Context, err error) (error, bool
 		}
 		ic.endTx(ic.sess.chains)
 		w := ic.sock.watch(ctx)
-		if err = ic.settle(w, ic.rp.tx.Commit()); err == nil {
+		err = ic.settle(w, ic.rp.tx.Commit())
+		ic.rp.tx = nil // over, committed or not
+		if err == nil {
 			return nil, true
 		}
 		err = ic.notSent(err, true)

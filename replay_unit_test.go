@@ -1,0 +1,100 @@
+package sqlconflict
+
+import (
+	"testing"
+
+	sqlmock "github.com/DATA-DOG/go-sqlmock"
+)
+
+// replayOptions are fastOptions without savepoints, with replay on.
+func replayOptions(d Dialect) Options {
+	o := fastOptions(d)
+	o.Savepoints = SavepointsOff
+	o.Replay = ReplayOn
+	return o
+}
+
+// TestReplaySequence: the exact statements of a replay after a deadlock at
+// the second UPDATE: ROLLBACK, BEGIN, the first UPDATE and the SELECT again
+// (the schema asked once, outside the aborted transaction), then the
+// failing UPDATE, and the COMMIT on the replay's transaction.
+func TestReplaySequence(t *testing.T) {
+	for _, d := range []Dialect{DialectPostgres, DialectMySQL} {
+		t.Run(d.String(), func(t *testing.T) {
+			db, mock := mockDB(t, replayOptions(d))
+			deadlock := map[Dialect]error{DialectPostgres: errPGDeadlock, DialectMySQL: errMyDeadlock}[d]
+			ok := sqlmock.NewResult(0, 1)
+			mock.ExpectBegin()
+			mock.ExpectExec(exact("UPDATE t SET x = 1 WHERE id = 1")).WillReturnResult(ok)
+			mock.ExpectQuery(exact("SELECT v FROM t WHERE id = 3")).WillReturnRows(sqlmock.NewRows([]string{"v"}).AddRow(7))
+			mock.ExpectExec(exact("UPDATE t SET x = 1 WHERE id = 2")).WillReturnError(deadlock)
+			mock.ExpectRollback()
+			expectSchema(mock, d)
+			mock.ExpectBegin()
+			mock.ExpectExec(exact("UPDATE t SET x = 1 WHERE id = 1")).WillReturnResult(ok)
+			mock.ExpectQuery(exact("SELECT v FROM t WHERE id = 3")).WillReturnRows(sqlmock.NewRows([]string{"v"}).AddRow(7))
+			mock.ExpectExec(exact("UPDATE t SET x = 1 WHERE id = 2")).WillReturnResult(ok)
+			mock.ExpectCommit()
+
+			tx, err := db.Begin()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.Exec("UPDATE t SET x = 1 WHERE id = 1"); err != nil {
+				t.Fatal(err)
+			}
+			var v int
+			if err := tx.QueryRow("SELECT v FROM t WHERE id = 3").Scan(&v); err != nil || v != 7 {
+				t.Fatalf("select: %d, %v", v, err)
+			}
+			if _, err := tx.Exec("UPDATE t SET x = 1 WHERE id = 2"); err != nil {
+				t.Fatalf("the deadlocked UPDATE after the replay: %v", err)
+			}
+			if err := tx.Commit(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestReplayDiffers: the replayed SELECT returns another value: the
+// application gets its deadlock, the replayed transaction is rolled back
+// on MySQL (and the guard dooms the rest) or made to fail on PostgreSQL,
+// and the failing UPDATE is not sent again.
+func TestReplayDiffers(t *testing.T) {
+	for _, d := range []Dialect{DialectPostgres, DialectMySQL} {
+		t.Run(d.String(), func(t *testing.T) {
+			db, mock := mockDB(t, replayOptions(d))
+			deadlock := map[Dialect]error{DialectPostgres: errPGDeadlock, DialectMySQL: errMyDeadlock}[d]
+			mock.ExpectBegin()
+			mock.ExpectQuery(exact("SELECT v FROM t WHERE id = 3")).WillReturnRows(sqlmock.NewRows([]string{"v"}).AddRow(7))
+			mock.ExpectExec(exact("UPDATE t SET x = 1 WHERE id = 2")).WillReturnError(deadlock)
+			mock.ExpectRollback()
+			expectSchema(mock, d)
+			mock.ExpectBegin()
+			mock.ExpectQuery(exact("SELECT v FROM t WHERE id = 3")).WillReturnRows(sqlmock.NewRows([]string{"v"}).AddRow(8))
+			if d == DialectPostgres {
+				mock.ExpectExec(exact("DO $$BEGIN RAISE EXCEPTION 'sqlconflict: transaction replay not verified; the transaction stays aborted'; END$$")).
+					WillReturnError(errPGSerial) // any error of the server's: the transaction is aborted
+			} else {
+				mock.ExpectRollback()
+			}
+			mock.ExpectRollback()
+
+			tx, err := db.Begin()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var v int
+			if err := tx.QueryRow("SELECT v FROM t WHERE id = 3").Scan(&v); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.Exec("UPDATE t SET x = 1 WHERE id = 2"); err != deadlock {
+				t.Fatalf("got %v, want the deadlock itself", err)
+			}
+			if err := tx.Rollback(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
