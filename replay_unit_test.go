@@ -98,3 +98,43 @@ func TestReplayDiffers(t *testing.T) {
 		})
 	}
 }
+
+// TestReplayAtClose: the conflict comes at rows.Close (go-sql-driver/mysql
+// reads the rest of a result there). The replay runs the query again,
+// checks the row the application had read, closes the rows, and Close
+// returns nil; the transaction commits.
+func TestReplayAtClose(t *testing.T) {
+	db, mock := mockDB(t, replayOptions(DialectMySQL))
+	ok := sqlmock.NewResult(0, 1)
+	rows := func() *sqlmock.Rows { return sqlmock.NewRows([]string{"id", "v"}).AddRow(1, "a").AddRow(2, "b") }
+	mock.ExpectBegin()
+	mock.ExpectExec(exact("UPDATE t SET x = 1 WHERE id = 9")).WillReturnResult(ok)
+	mock.ExpectQuery(exact("SELECT id, v FROM t FOR UPDATE")).WillReturnRows(rows().CloseError(errMyDeadlock))
+	mock.ExpectRollback()
+	expectSchema(mock, DialectMySQL)
+	mock.ExpectBegin()
+	mock.ExpectExec(exact("UPDATE t SET x = 1 WHERE id = 9")).WillReturnResult(ok)
+	mock.ExpectQuery(exact("SELECT id, v FROM t FOR UPDATE")).WillReturnRows(rows())
+	mock.ExpectCommit()
+
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec("UPDATE t SET x = 1 WHERE id = 9"); err != nil {
+		t.Fatal(err)
+	}
+	rs, err := tx.Query("SELECT id, v FROM t FOR UPDATE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rs.Next() {
+		t.Fatal(rs.Err())
+	}
+	if err := rs.Close(); err != nil {
+		t.Fatalf("Close after the replay: %v", err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+}

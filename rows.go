@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"reflect"
+	"time"
 )
 
 // rowsState follows a query's rows, so that an error reported after the
@@ -149,6 +150,13 @@ func (rs *rowsState) close(ctx context.Context) error {
 	}
 	err := rs.closeRows()
 	failed := err != nil && !rs.done
+	if failed && rs.c.rec > 0 && ic.rp.on && !rs.dog.cuts(err) {
+		if err = rs.replayClose(ctx, err); err == nil {
+			failed = false
+		} else if errors.As(err, new(*replayDiff)) {
+			err = rs.c.first
+		}
+	}
 	dog := rs.dog
 	if rs.c.rec > 0 && rs.c.gen == ic.rp.gen {
 		ic.rp.open--
@@ -292,4 +300,41 @@ func (rs *rowsState) replayFailed(ctx context.Context, diff error) error {
 	err := rs.c.first
 	ic.stmtFailed(ctx, err, ic.scope(ctx, Classify(err)))
 	return ic.wrap(err)
+}
+
+// replayClose replays the transaction after the rows' Close reported a
+// conflict (go-sql-driver/mysql reads the rest of a result there): the
+// query is run again, the rows the application read are checked, and the
+// rest is read and closed. It returns nil once that worked, a replayDiff
+// (the transaction then left as the conflict left it) or the error to
+// handle as Close's.
+func (rs *rowsState) replayClose(ctx context.Context, err error) error {
+	ic := rs.ic
+	if rs.c.first == nil {
+		rs.c.first, rs.c.failed = err, time.Now()
+	}
+	for ic.replayStmt(ctx, &rs.c, ic.scope(ctx, Classify(err))) {
+		rs.c.verify = false
+		rows, qerr := rs.q.do(ctx)
+		if qerr != nil {
+			err = qerr
+			continue
+		}
+		rs.rows = rows
+		if verr := rs.verify(make([]driver.Value, len(rows.Columns()))); verr != nil {
+			if errors.As(verr, new(*replayDiff)) {
+				_ = rs.replayFailed(ctx, verr)
+				return verr
+			}
+			err = verr
+			continue
+		}
+		if err = rs.closeRows(); err == nil {
+			return nil
+		}
+	}
+	if rs.c.replayed {
+		return rs.c.first
+	}
+	return err
 }
