@@ -62,7 +62,8 @@ type replayEntry struct {
 	eof      bool          // the application saw the end of the rows
 }
 
-// errNotVerified reports, in an event, why a replay did not go through.
+// replayDiff is why a replay did not verify: the first difference from the
+// record, or a step that failed. It goes to the event, never to the caller.
 type replayDiff struct{ why string }
 
 func (d *replayDiff) Error() string { return d.why }
