@@ -10,6 +10,7 @@ import (
 	"io"
 	"math"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -312,6 +313,12 @@ func (ic *interceptor) replay(ctx context.Context, c *call, cl Class, upTo int, 
 		l.refuse("the transaction's state is not the wrapper's to repeat")
 	case l.open != openRows:
 		l.refuse("rows of an earlier query are still open")
+	case ic.cfg.Dialect == DialectPostgres && l.appSavepoint():
+		// The error aborted only what followed the application's
+		// savepoint, which ROLLBACK TO undoes: the application handles
+		// it, in the transaction it has (a replay that did not verify
+		// could not give it back with its savepoints).
+		l.refuse("the application's savepoint can undo the error")
 	}
 	if l.why != "" {
 		ic.replayEvent(EventReplayFailed, cl, l.attempts+1, 0, l.why)
@@ -556,6 +563,19 @@ func (ic *interceptor) replayUndo(ctx context.Context, orig error, ended bool) {
 		ic.sess.discard = true
 	}
 	ic.tx.failed = true
+}
+
+// appSavepoint reports whether the application set a savepoint of its own
+// in the transaction.
+func (l *replayLog) appSavepoint() bool {
+	for i := range l.entries {
+		if e := &l.entries[i]; !e.own && parseStmt(e.query) == stmtSavepoint {
+			if w, _ := firstWord(e.query); strings.EqualFold(w, "SAVEPOINT") {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // replayGiveUp ends the replays when their attempts, their time or the

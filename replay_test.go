@@ -680,3 +680,63 @@ func TestIntegrationReplayAirflow(t *testing.T) {
 		}
 	})
 }
+
+// TestIntegrationReplayKeepsAppSavepoint: on PostgreSQL a unique violation
+// behind the application's own savepoint is the application's to handle
+// (ROLLBACK TO SAVEPOINT, then read the winner's row), as in Django's
+// get_or_create: no replay takes that transaction, and its savepoint, away.
+func TestIntegrationReplayKeepsAppSavepoint(t *testing.T) {
+	s, _ := pgServer(t)
+	raw := s.openRaw(t)
+	tbl := s.table(t, raw, "", "k VARCHAR(16) PRIMARY KEY, owner INT NOT NULL")
+	obs := &replayObs{}
+	db := s.openReplay(t, obs)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	winner, err := raw.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer winner.Rollback()
+	if _, err := winner.ExecContext(ctx, "INSERT INTO "+tbl+" (k, owner) VALUES ('a', 1)"); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	var n int
+	if err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM "+tbl+" WHERE k = 'a'").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("count %d, %v", n, err)
+	}
+	if _, err := tx.ExecContext(ctx, "SAVEPOINT get_or_create"); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := tx.ExecContext(ctx, "INSERT INTO "+tbl+" (k, owner) VALUES ('a', 2)") // waits for the winner
+		done <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	if err := winner.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	ierr := <-done
+	if Classify(ierr).Kind != KindUniqueViolation {
+		t.Fatalf("insert: %v, want the unique violation", ierr)
+	}
+	if _, err := tx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT get_or_create"); err != nil {
+		t.Fatalf("the application's ROLLBACK TO its savepoint: %v; %s", err, obs)
+	}
+	var owner int
+	if err := tx.QueryRowContext(ctx, "SELECT owner FROM "+tbl+" WHERE k = 'a'").Scan(&owner); err != nil || owner != 1 {
+		t.Fatalf("the winner's row: owner %d, %v", owner, err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if obs.replayed.Load() != 0 {
+		t.Errorf("replayed: %s", obs)
+	}
+}

@@ -26,7 +26,11 @@ type config struct {
 
 // Run names.
 const (
-	runRaw     = "raw"
+	runRaw = "raw"
+	// runReplay is the application's code unchanged, its own BeginTx and
+	// Commit, through sqlconflict with conflict_replay=on: the DSN is all
+	// that changed.
+	runReplay  = "DSN only"
 	runWrapped = "sqlconflict"
 )
 
@@ -35,6 +39,7 @@ type stats struct {
 	stmtRetries        atomic.Int64
 	savepointRollbacks atomic.Int64
 	doomed             atomic.Int64
+	replays            atomic.Int64
 	warnings           atomic.Int64
 	firstWarning       atomic.Pointer[string]
 }
@@ -49,6 +54,8 @@ func (s *stats) observe(o sqlconflict.Observation) {
 		s.savepointRollbacks.Add(1)
 	case sqlconflict.EventTxDoomed:
 		s.doomed.Add(1)
+	case sqlconflict.EventReplay:
+		s.replays.Add(1)
 	}
 }
 
@@ -68,17 +75,22 @@ func (h warnCounter) Handle(_ context.Context, r slog.Record) error {
 	return nil
 }
 
-// runScenario runs sc through the raw driver, then through sqlconflict.
+// runScenario runs sc through the raw driver, through sqlconflict with the
+// application's code unchanged (conflict_replay=on), and through
+// sqlconflict with RunTx.
 func runScenario(ctx context.Context, cfg config, t *target, admin *sql.DB, sc *scenario, prog *progress) (scenarioResult, error) {
 	res := scenarioResult{Name: sc.name, About: sc.about, Fix: sc.fix.desc}
-	for _, run := range []string{runRaw, runWrapped} {
+	for _, run := range []string{runRaw, runReplay, runWrapped} {
 		r, err := runOnce(ctx, cfg, t, admin, sc, run, prog)
 		if err != nil {
 			return res, fmt.Errorf("%s, %s run: %w", sc.name, run, err)
 		}
-		if run == runRaw {
+		switch run {
+		case runRaw:
 			res.Raw = r
-		} else {
+		case runReplay:
+			res.Unchanged = r
+		default:
 			res.Wrapped = r
 		}
 	}
@@ -114,6 +126,9 @@ func runOnce(ctx context.Context, cfg config, t *target, admin *sql.DB, sc *scen
 		opts := sqlconflict.DefaultOptions()
 		opts.Observer = st.observe
 		opts.Logger = slog.New(warnCounter{st})
+		if run == runReplay {
+			opts.Replay = sqlconflict.ReplayOn
+		}
 		db, err = t.openWrapped(ctx, cfg.workers, opts)
 	}
 	if err != nil {
@@ -169,7 +184,8 @@ func runOnce(ctx context.Context, cfg config, t *target, admin *sql.DB, sc *scen
 	r.Failed = int(failed.Load())
 	r.TxRetries = txRetries.Load()
 	r.StmtRetries = st.stmtRetries.Load()
-	r.Retries = r.TxRetries + r.StmtRetries
+	r.Replays = st.replays.Load()
+	r.Retries = r.TxRetries + r.StmtRetries + r.Replays
 	r.SavepointRollbacks = st.savepointRollbacks.Load()
 	r.DoomedTx = st.doomed.Load()
 	r.Warnings = st.warnings.Load()
@@ -209,15 +225,15 @@ func warm(ctx context.Context, db *sql.DB, workers int) error {
 	return nil
 }
 
-// execute runs one operation as the application would: raw, in a
-// transaction it begins and commits itself; under sqlconflict, through
-// RunTx. Autocommit operations run on db directly either way. It returns the
+// execute runs one operation as the application would: raw, and with the
+// DSN only changed, in a transaction it begins and commits itself; under
+// sqlconflict, through RunTx. Autocommit operations run on db directly either way. It returns the
 // number of times fn ran.
 func execute(ctx context.Context, db *sql.DB, sc *scenario, run string, fn opFunc) (attempts int, err error) {
 	switch {
 	case sc.autocommit:
 		return 1, fn(ctx, db)
-	case run == runRaw:
+	case run == runRaw || run == runReplay:
 		tx, err := db.BeginTx(ctx, sc.txOptions)
 		if err != nil {
 			return 1, err

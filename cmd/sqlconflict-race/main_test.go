@@ -75,7 +75,7 @@ func TestScenarios(t *testing.T) {
 				t.Fatalf("%d scenarios in the report, want %d", len(rep.Scenarios), len(scenarios))
 			}
 			for i, s := range rep.Scenarios {
-				for _, r := range []runResult{s.Raw, s.Wrapped} {
+				for _, r := range []runResult{s.Raw, s.Unchanged, s.Wrapped} {
 					if r.Ops != testWorkers*testOps {
 						t.Errorf("%s %s: %d operations, want %d", s.Name, r.Run, r.Ops, testWorkers*testOps)
 					}
@@ -83,6 +83,9 @@ func TestScenarios(t *testing.T) {
 				if w := s.Wrapped; w.Failed != 0 || w.Wrong != 0 {
 					t.Errorf("%s: sqlconflict run failed %d operations (%v, first: %s) and got %d wrong values (%s)",
 						s.Name, w.Failed, w.Failures, w.FirstError, w.Wrong, w.WrongDetail)
+				}
+				if s.Unchanged.Wrong != 0 {
+					t.Errorf("%s: the replay left %d wrong values (%s)", s.Name, s.Unchanged.Wrong, s.Unchanged.WrongDetail)
 				}
 				if s.Raw.Wrong != 0 {
 					t.Errorf("%s: raw run got %d wrong values (%s): the checks expect constraints to hold",

@@ -22,21 +22,25 @@ type report struct {
 }
 
 type scenarioResult struct {
-	Name    string    `json:"name"`
-	About   string    `json:"about"`
-	Fix     string    `json:"sqlconflict_fix"`
-	Raw     runResult `json:"raw"`
-	Wrapped runResult `json:"sqlconflict"`
-	Note    string    `json:"note"`
+	Name  string    `json:"name"`
+	About string    `json:"about"`
+	Fix   string    `json:"sqlconflict_fix"`
+	Raw   runResult `json:"raw"`
+	// Unchanged is the application's code as it was, its own
+	// transactions, through sqlconflict with conflict_replay=on.
+	Unchanged runResult `json:"dsn_only"`
+	Wrapped   runResult `json:"sqlconflict"`
+	Note      string    `json:"note"`
 }
 
 // runResult is one run of a scenario.
 type runResult struct {
-	Run    string `json:"run"` // "raw" or "sqlconflict"
+	Run    string `json:"run"` // "raw", "DSN only" or "sqlconflict"
 	Ops    int    `json:"ops"`
 	Failed int    `json:"failed"` // operations that returned an error
-	// Retries = TxRetries + StmtRetries.
+	// Retries = TxRetries + StmtRetries + Replays.
 	Retries            int64          `json:"retries"`
+	Replays            int64          `json:"replays"`      // transactions replayed and verified (conflict_replay)
 	TxRetries          int64          `json:"tx_retries"`   // reruns of a whole transaction by RunTx
 	StmtRetries        int64          `json:"stmt_retries"` // statements the driver ran again
 	SavepointRollbacks int64          `json:"savepoint_rollbacks"`
@@ -79,7 +83,7 @@ func writeHeader(w io.Writer, r *report) {
 }
 
 func writeScenario(w io.Writer, s scenarioResult) {
-	for i, r := range []runResult{s.Raw, s.Wrapped} {
+	for i, r := range []runResult{s.Raw, s.Unchanged, s.Wrapped} {
 		name := s.Name
 		if i > 0 {
 			name = ""
@@ -106,7 +110,9 @@ func failureSummary(r runResult) string {
 
 func writeFooter(w io.Writer, r *report) {
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "RETRIES counts reruns of a transaction by sqlconflict.RunTx and statements the driver ran again.")
+	fmt.Fprintln(w, "DSN only: the application's own transactions, unchanged, through sqlconflict with conflict_replay=on;")
+	fmt.Fprintln(w, "sqlconflict: the same code through sqlconflict.RunTx.")
+	fmt.Fprintln(w, "RETRIES counts reruns of a transaction by sqlconflict.RunTx, statements the driver ran again and verified replays.")
 	fmt.Fprintln(w, "WRONG counts lost updates, missing or extra rows, and wrong values in the final state.")
 	for _, s := range r.Scenarios {
 		fmt.Fprintln(w)
