@@ -168,7 +168,7 @@ func TestIntegrationHardBoundLiveServer(t *testing.T) {
 	target, dsnVia := s.viaProxy(t)
 	const (
 		deadline = 300 * time.Millisecond
-		hold     = 75 * time.Millisecond // past one grace (50 ms), within two
+		hold     = 120 * time.Millisecond // past one grace (80 ms), within two
 	)
 	for _, tc := range []struct {
 		name      string
