@@ -135,6 +135,8 @@ func (rs *rowsState) next(ctx context.Context, dest []driver.Value) error {
 		again, out := ic.failed(ctx, &rs.c, err, rs.attempt, !rs.handed && !rs.done)
 		if !again {
 			rs.done = true
+			// An error among the rows, which the record does not hold.
+			ic.rp.refuse("a query's rows ended in an error the application was handed")
 			return out
 		}
 		rs.attempt++
