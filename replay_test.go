@@ -638,11 +638,13 @@ func TestIntegrationReplayContext(t *testing.T) {
 func TestIntegrationReplayAirflow(t *testing.T) {
 	eachServer(t, func(t *testing.T, s server) {
 		raw := s.openRaw(t, s.fastDeadlocks()...)
-		fields := s.table(t, raw, "_fields", "dag VARCHAR(32) NOT NULL, task VARCHAR(32) NOT NULL, v INT NOT NULL, PRIMARY KEY (dag, task)")
 		for _, wrapped := range []bool{false, true} {
 			name := map[bool]string{false: "raw", true: "replay"}[wrapped]
+			// A table of each run's own: InnoDB takes the gap locks that
+			// deadlock only where no delete-marked row of an earlier run
+			// is left for the keys.
+			fields := s.table(t, raw, "_fields_"+name, "dag VARCHAR(32) NOT NULL, task VARCHAR(32) NOT NULL, v INT NOT NULL, PRIMARY KEY (dag, task)")
 			logTbl := s.table(t, raw, "_log_"+name, "w INT NOT NULL, i INT NOT NULL, PRIMARY KEY (w, i)")
-			mustExec(t, raw, "DELETE FROM "+fields)
 			db, obs := raw, &replayObs{}
 			if wrapped {
 				db = s.openReplay(t, obs, s.fastDeadlocks()...)
@@ -676,6 +678,9 @@ func TestIntegrationReplayAirflow(t *testing.T) {
 			}
 			if wrapped && failed != 0 {
 				t.Errorf("replay: %d failed", failed)
+			}
+			if wrapped && obs.replayed.Load() == 0 {
+				t.Error("replay: no transaction was replayed: the workload met no conflict")
 			}
 		}
 	})
