@@ -659,6 +659,7 @@ func TestIntegrationReplayAirflow(t *testing.T) {
 					if _, err := tx.ExecContext(ctx, s.q("DELETE FROM "+fields+" WHERE dag = $1 AND task = $2"), "d", task); err != nil {
 						return err
 					}
+					time.Sleep(time.Millisecond) // the application renders the fields
 					if _, err := tx.ExecContext(ctx, s.q("INSERT INTO "+fields+" (dag, task, v) VALUES ($1, $2, $3)"), "d", task, w*100+i); err != nil {
 						return err
 					}
