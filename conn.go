@@ -283,7 +283,6 @@ func (ic *interceptor) ConnBeginTx(ctx context.Context, conn driver.ConnBeginTx,
 		return ctx, nil, ic.wrap(err)
 	}
 	ic.beginTx(txIsolation(opts))
-	ic.rp.reset()
 	if ic.cfg.Replay == ReplayOn {
 		ic.rp.start(ctx, opts, tx)
 	}

@@ -76,7 +76,12 @@ func (l *replayLog) start(ctx context.Context, opts driver.TxOptions, tx driver.
 }
 
 // reset forgets the transaction, keeping a small array for the next one.
+// A log that recorded nothing has nothing to forget: BeginTx, Commit and
+// Rollback cost nothing with conflict_replay off.
 func (l *replayLog) reset() {
+	if !l.on {
+		return
+	}
 	clear(l.entries)
 	if cap(l.entries) > 64 {
 		l.entries = nil
