@@ -311,6 +311,23 @@ func TestIntegrationReplayNotVerified(t *testing.T) {
 	})
 }
 
+// beginWith begins a transaction on db, rolled back when t ends unless
+// committed, and runs stmts in it, failing t if any fails.
+func beginWith(t *testing.T, ctx context.Context, db *sql.DB, stmts ...string) *sql.Tx {
+	t.Helper()
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tx.Rollback() })
+	for _, q := range stmts {
+		if _, err := tx.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	return tx
+}
+
 // deadlockVictim (no fastDeadlocks: PostgreSQL aborts the session whose
 // deadlock check finds the cycle, the first to wait only if its check
 // comes after the other closed the cycle) makes the victim transaction (on db, begun by begin) lose
@@ -324,17 +341,7 @@ func deadlockVictim(t *testing.T, ctx, vctx context.Context, s server, raw, db *
 	begin func() (*sql.Tx, error), prelude func(tx *sql.Tx) error) (*sql.Tx, error) {
 	t.Helper()
 	upd := s.q("UPDATE " + tbl + " SET v = v + 1 WHERE id = $1")
-	other, err := raw.BeginTx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Rollback()
-	if _, err := other.ExecContext(ctx, "UPDATE "+tbl+" SET v = v + 1 WHERE id >= 3 AND id < 20"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := other.ExecContext(ctx, upd, 2); err != nil {
-		t.Fatal(err)
-	}
+	other := beginWith(t, ctx, raw, "UPDATE "+tbl+" SET v = v + 1 WHERE id >= 3 AND id < 20", "UPDATE "+tbl+" SET v = v + 1 WHERE id = 2")
 	victim, err := begin()
 	if err != nil {
 		t.Fatal(err)
@@ -490,22 +497,8 @@ func TestIntegrationReplayRowsPartlyRead(t *testing.T) {
 	db := s.openReplay(t, obs)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	other, err := raw.BeginTx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Rollback()
-	if _, err := other.ExecContext(ctx, "UPDATE "+tbl+" SET v = v + 1 WHERE id = 3"); err != nil {
-		t.Fatal(err)
-	}
-	victim, err := db.BeginTx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer victim.Rollback()
-	if _, err := victim.ExecContext(ctx, "UPDATE "+tbl+" SET v = v + 10 WHERE id = 30"); err != nil {
-		t.Fatal(err)
-	}
+	other := beginWith(t, ctx, raw, "UPDATE "+tbl+" SET v = v + 1 WHERE id = 3")
+	victim := beginWith(t, ctx, db, "UPDATE "+tbl+" SET v = v + 10 WHERE id = 30")
 	type row struct {
 		id, v int
 		pad   string
@@ -586,11 +579,7 @@ func TestIntegrationReplayContext(t *testing.T) {
 		defer cancel()
 		// A third session takes row 25 once the victim has updated it,
 		// so that the replay's first UPDATE waits.
-		holder, err := raw.BeginTx(ctx, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer holder.Rollback()
+		holder := beginWith(t, ctx, raw)
 		// PostgreSQL finds the deadlock after deadlock_timeout (1 s).
 		vctx, vcancel := context.WithTimeout(ctx, 1500*time.Millisecond)
 		defer vcancel()
@@ -699,19 +688,8 @@ func TestIntegrationReplayKeepsAppSavepoint(t *testing.T) {
 	db := s.openReplay(t, obs)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	winner, err := raw.BeginTx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer winner.Rollback()
-	if _, err := winner.ExecContext(ctx, "INSERT INTO "+tbl+" (k, owner) VALUES ('a', 1)"); err != nil {
-		t.Fatal(err)
-	}
-	tx, err := db.BeginTx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback()
+	winner := beginWith(t, ctx, raw, "INSERT INTO "+tbl+" (k, owner) VALUES ('a', 1)")
+	tx := beginWith(t, ctx, db)
 	var n int
 	if err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM "+tbl+" WHERE k = 'a'").Scan(&n); err != nil || n != 0 {
 		t.Fatalf("count %d, %v", n, err)

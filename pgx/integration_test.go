@@ -36,11 +36,11 @@ func open(t *testing.T, params ...string) (itest.Server, *sql.DB) {
 }
 
 // openWith opens sqlconflict-pgx through OpenDB with the options set leaves,
-// for what a DSN cannot say (an Observer).
-func openWith(t *testing.T, set func(*sqlconflict.Options)) *sql.DB {
+// for what a DSN cannot say (an Observer), on the DSN with params appended.
+func openWith(t testing.TB, set func(*sqlconflict.Options), params ...string) *sql.DB {
 	t.Helper()
 	srv := pgServer(t)
-	config, err := pgx.ParseConfig(srv.DSN)
+	config, err := pgx.ParseConfig(srv.DSNWith(params...))
 	if err != nil {
 		t.Fatal(err)
 	}

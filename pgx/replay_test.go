@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/sqlconflict/sqlconflict"
 	"github.com/sqlconflict/sqlconflict/internal/itest"
 	sqlconflictpgx "github.com/sqlconflict/sqlconflict/pgx"
@@ -32,7 +31,7 @@ func TestIntegrationReplayOppositeOrder(t *testing.T) {
 		mustExec(t, raw, "INSERT INTO "+tbl+" (id, v) VALUES (1, 0), (2, 0)")
 		db := raw
 		if wrapped {
-			db = openReplay(t, srv, &replayed, fast)
+			db = openReplay(t, &replayed, fast)
 		}
 		db.SetMaxOpenConns(8)
 		var acked, failed atomic.Int64
@@ -84,28 +83,18 @@ func TestIntegrationReplayOppositeOrder(t *testing.T) {
 	}
 }
 
-// openReplay opens sqlconflict-pgx with conflict_replay=on and params,
+// openReplay opens sqlconflict-pgx with conflict_replay on and params,
 // counting replays.
-func openReplay(t testing.TB, srv itest.Server, replayed *atomic.Int64, params ...string) *sql.DB {
+func openReplay(t testing.TB, replayed *atomic.Int64, params ...string) *sql.DB {
 	t.Helper()
-	config, err := pgx.ParseConfig(srv.DSNWith(params...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts := sqlconflict.DefaultOptions()
-	opts.Replay = sqlconflict.ReplayOn
-	opts.Observer = func(ob sqlconflict.Observation) {
-		if ob.Event == sqlconflict.EventReplay && replayed != nil {
-			replayed.Add(1)
+	return openWith(t, func(o *sqlconflict.Options) {
+		o.Replay = sqlconflict.ReplayOn
+		o.Observer = func(ob sqlconflict.Observation) {
+			if ob.Event == sqlconflict.EventReplay {
+				replayed.Add(1)
+			}
 		}
-	}
-	db, err := sqlconflictpgx.OpenDB(*config, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	srv.Ping(t, db)
-	return db
+	}, params...)
 }
 
 // BenchmarkReplayPaired is conflict_replay's happy-path price on pgx, off
