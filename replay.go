@@ -42,10 +42,11 @@ type replayLog struct {
 	replaced bool
 	entries  []replayEntry
 	bytes    int
-	open     int       // recorded queries whose rows are still open
-	attempts int       // replays of this transaction
-	checked  bool      // its statements were found fit to be sent again
-	failed   time.Time // its first replayed conflict: the time budget starts there
+	open     int                // recorded queries whose rows are still open
+	attempts int                // replays of this transaction
+	checked  bool               // its statements were found fit to be sent again
+	failed   time.Time          // its first replayed conflict: the time budget starts there
+	endBegin context.CancelFunc // ends the context of the replay's BeginTx
 	h        maphash.Hash
 }
 
@@ -81,6 +82,9 @@ func (l *replayLog) start(ctx context.Context, opts driver.TxOptions, tx driver.
 func (l *replayLog) reset() {
 	if !l.on {
 		return
+	}
+	if l.endBegin != nil {
+		l.endBegin()
 	}
 	clear(l.entries)
 	if cap(l.entries) > 64 {
@@ -370,11 +374,7 @@ func (ic *interceptor) replay(ctx context.Context, c *call, cl Class, upTo int, 
 func (ic *interceptor) replayOnce(ctx context.Context, c *call, upTo int, ended bool) error {
 	l := &ic.rp
 	if !ended && l.tx != nil {
-		w := ic.sock.watch(ctx)
-		err := ic.settle(w, l.tx.Rollback())
-		l.tx = nil
-		if err != nil {
-			ic.sess.discard = true
+		if err := ic.replayRollback(ctx); err != nil {
 			return &replayDiff{"ROLLBACK: " + err.Error()}
 		}
 	}
@@ -387,22 +387,9 @@ func (ic *interceptor) replayOnce(ctx context.Context, c *call, upTo int, ended 
 			return &replayDiff{why}
 		}
 	}
-	bc, ok := ic.conn.(driver.ConnBeginTx)
-	if !ok {
-		return &replayDiff{"the base connection has no BeginTx"}
-	}
-	// BeginTx's own context: the base driver may tie the transaction to it
-	// (lib/pq cancels it when that context ends). The call's context
-	// bounds the round trip.
-	w := ic.sock.watch(ctx)
-	tx, err := bc.BeginTx(l.ctx, l.opts)
-	if err = ic.settle(w, err); err != nil {
-		ic.sess.discard = true
+	if err := ic.replayBegin(ctx); err != nil {
 		return &replayDiff{"BEGIN: " + err.Error()}
 	}
-	// The wrapper's view of the transaction (its savepoints, its reads)
-	// stays: the replay sends the same statements, its own included.
-	l.tx, l.replaced = tx, true
 	for i := range l.entries[:upTo] {
 		if err := ic.resend(ctx, &l.entries[i], i+1); err != nil {
 			return err
@@ -542,25 +529,17 @@ func (ic *interceptor) replayUndo(ctx context.Context, orig error, ended bool) {
 	l := &ic.rp
 	l.refuse("a replay did not verify")
 	if l.tx != nil && (ended || ic.guards()) {
-		w := ic.sock.watch(ctx)
-		if ic.settle(w, l.tx.Rollback()) != nil {
-			ic.sess.discard = true
-		}
-		l.tx = nil
+		_ = ic.replayRollback(ctx)
 	}
 	if ended || ic.guards() {
 		return
 	}
 	if l.tx == nil {
 		// Rolled back, and no transaction is open: begin one to abort.
-		w := ic.sock.watch(ctx)
-		tx, err := ic.conn.(driver.ConnBeginTx).BeginTx(l.ctx, l.opts)
-		if err = ic.settle(w, err); err != nil {
+		if ic.replayBegin(ctx) != nil {
 			ic.tx.active, ic.tx.doomed = true, orig // nothing may run on as if in the transaction
-			ic.sess.discard = true
 			return
 		}
-		l.tx, l.replaced = tx, true
 	}
 	err := ic.exec(ctx, "DO $$BEGIN RAISE EXCEPTION 'sqlconflict: transaction replay not verified; the transaction stays aborted'; END$$")
 	if err == nil || Classify(err).Dialect == DialectUnknown {
@@ -591,12 +570,72 @@ func (ic *interceptor) replayGiveUp(ctx context.Context, ended bool) {
 	l := &ic.rp
 	l.refuse("the replays gave up")
 	if ended && l.replaced && l.tx != nil {
-		w := ic.sock.watch(ctx)
-		if ic.settle(w, l.tx.Rollback()) != nil {
-			ic.sess.discard = true
-		}
-		l.tx = nil
+		_ = ic.replayRollback(ctx)
 	}
+}
+
+// replayRollback rolls back the replay's base transaction (l.tx), bounded by
+// ctx; if that fails the connection is discarded. lib/pq's transaction is
+// its connection, and must end through its Rollback, which stops the
+// goroutine lib/pq ties to it; the watchdog bounds that, when the wrapper
+// dials lib/pq's sockets. The Rollback of go-sql-driver/mysql takes no
+// context, pgx's the one its BeginTx had: for them ROLLBACK is sent as one
+// of the wrapper's own statements, which ctx bounds, and the driver's Tx,
+// which holds nothing the connection needs, is dropped.
+func (ic *interceptor) replayRollback(ctx context.Context) error {
+	l := &ic.rp
+	tx := l.tx
+	l.tx = nil
+	var err error
+	if any(tx) == any(ic.conn) || ic.sock != nil {
+		w := ic.sock.watch(ctx)
+		err = ic.settle(w, tx.Rollback())
+	} else {
+		err = ic.exec(ctx, "ROLLBACK")
+	}
+	if err != nil {
+		ic.sess.discard = true
+	}
+	return err
+}
+
+// replayBegin begins the replay's base transaction (l.tx) with the
+// application's options; if that fails the connection is discarded. The
+// base driver may tie the transaction to the context BeginTx gets for as
+// long as it lasts (lib/pq cancels it when that context ends), so that
+// context is the application's BeginTx context, and the replay's is ended
+// only with the transaction (reset). The caller's context bounds the round
+// trip: it ends BeginTx's context too while BeginTx runs (go-sql-driver/mysql
+// and pgx watch only that one), and a BEGIN it ended is a failed one, even if
+// the driver returned a transaction.
+func (ic *interceptor) replayBegin(ctx context.Context) error {
+	l := &ic.rp
+	bc, ok := ic.conn.(driver.ConnBeginTx)
+	if !ok {
+		return errors.New("the base connection has no BeginTx")
+	}
+	if l.endBegin != nil {
+		l.endBegin()
+	}
+	bctx, cancel := context.WithCancel(l.ctx)
+	l.endBegin = cancel
+	stop := context.AfterFunc(ctx, cancel)
+	w := ic.sock.watch(ctx)
+	tx, err := bc.BeginTx(bctx, l.opts)
+	if !stop() && (err == nil || errors.Is(err, context.Canceled)) {
+		// Ended by ctx. A Rollback could block as long as the server
+		// does: the connection is discarded instead, which ends the
+		// transaction if one began.
+		err = context.Cause(ctx)
+	}
+	if err = ic.settle(w, err); err != nil {
+		ic.sess.discard = true
+		return err
+	}
+	// The wrapper's view of the transaction (its savepoints, its reads)
+	// stays: the replay sends the same statements, its own included.
+	l.tx, l.replaced = tx, true
+	return nil
 }
 
 // replayChecks returns why the statements cannot be sent again, or "".

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sqlconflict/sqlconflict/internal/itest"
 )
 
 // Verified transaction replay (replay.go) against the real servers:
@@ -613,6 +615,73 @@ func TestIntegrationReplayContext(t *testing.T) {
 		}
 		if v := count(t, raw, "SELECT v FROM "+tbl+" WHERE id = 1"); v != 1 {
 			t.Errorf("row 1 = %d: the victim's work committed", v)
+		}
+	})
+}
+
+// TestIntegrationReplayOwnStatementsBounded: the caller's context bounds
+// the statements a replay sends of its own, whatever the base driver's
+// Rollback does with contexts (go-sql-driver/mysql's takes none). The
+// victim's link goes through a proxy that stalls at the replay's ROLLBACK,
+// or at its BEGIN: the victim gets its deadlock, the server's own error,
+// within itest.MaxLate of its deadline, and the connection is discarded
+// (the next statement runs on a fresh one, which the proxy counts).
+func TestIntegrationReplayOwnStatementsBounded(t *testing.T) {
+	eachServer(t, func(t *testing.T, s server) {
+		raw := s.openRaw(t)
+		target, dsnVia := s.viaProxy(t)
+		begin := "BEGIN"
+		if !s.PG() {
+			begin = "START TRANSACTION"
+		}
+		// One table, named after the test: a subtest's name in it would be
+		// on the wire, where the proxy looks for the statement to stall.
+		tbl := replayTable(t, s, raw)
+		for _, stallOn := range []string{"ROLLBACK", begin} {
+			t.Run(stallOn, func(t *testing.T) {
+				mustExec(t, raw, "UPDATE "+tbl+" SET v = 0")
+				proxy := itest.NewProxy(t, target)
+				obs := &replayObs{}
+				via := s
+				via.DSN = dsnVia(proxy.Addr())
+				db := via.openReplay(t, obs)
+				db.SetMaxOpenConns(1)
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				defer cancel()
+				vctx, vcancel := context.WithTimeout(ctx, 2500*time.Millisecond)
+				defer vcancel()
+				end, _ := vctx.Deadline()
+				pid := s.backendID(t, db)
+				// A call the deadline does not bound is let go 3 s late,
+				// to fail rather than hang.
+				defer time.AfterFunc(time.Until(end)+3*time.Second, proxy.Resume).Stop()
+				victim, err := deadlockVictim(t, ctx, vctx, s, raw, db, tbl, "",
+					func() (*sql.Tx, error) {
+						tx, err := db.BeginTx(ctx, nil)
+						proxy.StallOn(stallOn) // the replay's, not the application's
+						return tx, err
+					},
+					func(*sql.Tx) error { return nil })
+				late := time.Since(end)
+				proxy.Resume()
+				t.Logf("%s stalled: %v (%s), %v after the deadline; %s", stallOn, err, errName(err), late.Round(time.Millisecond), obs)
+				if ok, _ := s.driverError(err); !ok || Classify(err).Kind != KindDeadlock {
+					t.Errorf("victim: %v (%s), want its deadlock, the driver's error", err, errName(err))
+				}
+				if late > itest.MaxLate {
+					t.Errorf("the victim returned %v after its deadline, want within %v", late, itest.MaxLate)
+				}
+				if obs.replayed.Load() != 0 || obs.failed.Load() != 1 {
+					t.Errorf("events: %s, want one failed replay", obs)
+				}
+				victim.Rollback()
+				if s.backendID(t, db) == pid {
+					t.Error("the connection whose replay was cut went back to the pool")
+				}
+				if v := count(t, raw, "SELECT v FROM "+tbl+" WHERE id = 1"); v != 1 {
+					t.Errorf("row 1 = %d: the victim's work committed", v)
+				}
+			})
 		}
 	})
 }

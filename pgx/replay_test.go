@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/sqlconflict/sqlconflict"
 	"github.com/sqlconflict/sqlconflict/internal/itest"
 	sqlconflictpgx "github.com/sqlconflict/sqlconflict/pgx"
@@ -112,6 +113,106 @@ func BenchmarkReplayPaired(b *testing.B) {
 			itest.Pairs(b, raw, wrapped, false, func(ctx context.Context, db *sql.DB) error {
 				return benchTx(ctx, db, update, sel)
 			})
+		})
+	}
+}
+
+// TestIntegrationReplayOwnStatementsBounded: the caller's context bounds
+// the replay's own ROLLBACK and BEGIN, although pgx's stdlib Rollback takes
+// the context its BeginTx had (here one that never ends). The victim's link
+// goes through a proxy that stalls at the replay's statement: the victim
+// gets its 40P01, pgx's own *pgconn.PgError, within itest.MaxLate of its
+// deadline, and its connection is not pooled again.
+func TestIntegrationReplayOwnStatementsBounded(t *testing.T) {
+	srv := pgServer(t)
+	raw := srv.Open(t, "pgx")
+	target, dsnVia := faultViaProxy(t, srv)
+	// One table, named after the test: a subtest's name in it would be on
+	// the wire, where the proxy looks for the statement to stall.
+	tbl := table(t, raw, "", "id INT PRIMARY KEY, v INT NOT NULL")
+	for _, stallOn := range []string{"rollback", "begin"} {
+		t.Run(stallOn, func(t *testing.T) {
+			mustExec(t, raw, "DELETE FROM "+tbl)
+			mustExec(t, raw, "INSERT INTO "+tbl+" (id, v) SELECT i, 0 FROM generate_series(1, 30) i")
+			upd := "UPDATE " + tbl + " SET v = v + 1 WHERE id = $1"
+			proxy := itest.NewProxy(t, target)
+			config, err := pgx.ParseConfig(dsnVia(proxy.Addr()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var replayed, failed atomic.Int64
+			opts := sqlconflict.DefaultOptions()
+			opts.Replay = sqlconflict.ReplayOn
+			opts.Observer = func(ob sqlconflict.Observation) {
+				switch ob.Event {
+				case sqlconflict.EventReplay:
+					replayed.Add(1)
+				case sqlconflict.EventReplayFailed:
+					failed.Add(1)
+					t.Logf("not replayed: %s", ob.Reason)
+				}
+			}
+			db, err := sqlconflictpgx.OpenDB(*config, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { db.Close() })
+			db.SetMaxOpenConns(1)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+
+			// The other session, on raw, is the heavier one (rows 3-19),
+			// which PostgreSQL's deadlock check leaves alone: the victim
+			// waits first, and its check, 1 s later, finds the cycle.
+			other, err := raw.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer other.Rollback()
+			mustExec(t, other, "UPDATE "+tbl+" SET v = v + 1 WHERE id >= 3 AND id < 20")
+			mustExec(t, other, upd, 2)
+			pid := count(t, db, "SELECT pg_backend_pid()")
+			victim, err := db.BeginTx(context.Background(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer victim.Rollback()
+			mustExec(t, victim, upd, 1)
+			proxy.StallOn(stallOn) // the replay's, not the application's
+			vctx, vcancel := context.WithTimeout(ctx, 2500*time.Millisecond)
+			defer vcancel()
+			end, _ := vctx.Deadline()
+			defer time.AfterFunc(time.Until(end)+3*time.Second, proxy.Resume).Stop() // fail rather than hang
+			done := make(chan error, 1)
+			go func() {
+				_, err := victim.ExecContext(vctx, upd, 2)
+				done <- err
+			}()
+			time.Sleep(100 * time.Millisecond)
+			if _, err := other.ExecContext(ctx, upd, 1); err != nil {
+				t.Fatalf("the other session was the deadlock's victim: %v", err)
+			}
+			if err := other.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			err = <-done
+			late := time.Since(end)
+			proxy.Resume()
+			t.Logf("%s stalled: %v, %v after the deadline; replayed %d, not replayed %d", stallOn, err, late.Round(time.Millisecond), replayed.Load(), failed.Load())
+			checkPgError(t, err, "40P01", sqlconflict.KindDeadlock, "")
+			if late > itest.MaxLate {
+				t.Errorf("the victim returned %v after its deadline, want within %v", late, itest.MaxLate)
+			}
+			if replayed.Load() != 0 || failed.Load() != 1 {
+				t.Errorf("replayed %d, not replayed %d, want one failed replay", replayed.Load(), failed.Load())
+			}
+			victim.Rollback()
+			if count(t, db, "SELECT pg_backend_pid()") == pid {
+				t.Error("the connection whose replay was cut went back to the pool")
+			}
+			if v := count(t, raw, "SELECT v FROM "+tbl+" WHERE id = 1"); v != 1 {
+				t.Errorf("row 1 = %d: the victim's work committed", v)
+			}
 		})
 	}
 }

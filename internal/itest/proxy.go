@@ -94,12 +94,13 @@ func (p *Proxy) StallExisting() {
 }
 
 // StallOn arms a stall for the first chunk a client sends that contains
-// pattern: the proxy stalls (as Stall does) before forwarding it, so the
+// pattern, in any case (drivers spell their own statements differently):
+// the proxy stalls (as Stall does) before forwarding it, so the
 // server never sees it until Resume. It targets one statement on the wire,
 // such as a SAVEPOINT a driver wrapper sends of its own.
 func (p *Proxy) StallOn(pattern string) {
 	p.mu.Lock()
-	p.stallOn = []byte(pattern)
+	p.stallOn = bytes.ToLower([]byte(pattern))
 	p.mu.Unlock()
 }
 
@@ -259,7 +260,7 @@ func (p *Proxy) pipe(l *proxyConn, dst, src net.Conn, fromClient bool) {
 		n, err := src.Read(buf)
 		if n > 0 && fromClient {
 			p.mu.Lock()
-			if p.stallOn != nil && p.stall == nil && bytes.Contains(buf[:n], p.stallOn) {
+			if p.stallOn != nil && p.stall == nil && bytes.Contains(bytes.ToLower(buf[:n]), p.stallOn) {
 				p.stallOn = nil
 				p.stall = make(chan struct{})
 			}
