@@ -236,16 +236,26 @@ type reading struct{ escapes, ansiQuotes bool }
 // first. A text without a backslash reads the same every way: a doubled
 // quote is the only escape left, and a "..." identifier and a "..." string
 // end at the same quote.
-func readings(q string, d Dialect) []reading {
+func readings(q string, d Dialect) readingSet {
 	def := reading{escapes: d == DialectMySQL}
-	if d == DialectSQLite || strings.IndexByte(q, '\\') < 0 {
-		return []reading{def}
+	switch {
+	case d == DialectSQLite || strings.IndexByte(q, '\\') < 0:
+		return readingSet{n: 1, r: [4]reading{def}}
+	case d == DialectMySQL:
+		return readingSet{n: 4, r: [4]reading{def, {false, false}, {true, true}, {false, true}}}
 	}
-	if d == DialectMySQL {
-		return []reading{def, {false, false}, {true, true}, {false, true}}
-	}
-	return []reading{def, {escapes: true}}
+	return readingSet{n: 2, r: [4]reading{def, {escapes: true}}}
 }
+
+// readingSet is readings' answer, held by value: lexing a statement
+// allocates nothing.
+type readingSet struct {
+	n int
+	r [4]reading
+}
+
+// all returns the readings, the default first.
+func (rs *readingSet) all() []reading { return rs.r[:rs.n] }
 
 // lexStmt reads q whole in dialect d's syntax. The wrapper cannot know the
 // session's settings (sql_mode, standard_conforming_strings), so a text
@@ -253,8 +263,8 @@ func readings(q string, d Dialect) []reading {
 // is single only if every reading agrees.
 func lexStmt(q string, d Dialect) stmtShape {
 	rs := readings(q, d)
-	s := lexOnce(q, d, rs[0], nil)
-	for _, r := range rs[1:] {
+	s := lexOnce(q, d, rs.r[0], nil)
+	for _, r := range rs.all()[1:] {
 		if t := lexOnce(q, d, r, nil); t != s {
 			s.single = false
 		}
@@ -267,7 +277,8 @@ func lexStmt(q string, d Dialect) stmtShape {
 // for certain, in every reading. Blank statements (";;") are left out.
 func splitStmts(q string, d Dialect) ([]string, bool) {
 	var first []int
-	for i, r := range readings(q, d) {
+	rs := readings(q, d)
+	for i, r := range rs.all() {
 		var all lexAll
 		if !lexOnce(q, d, r, &all).single {
 			return nil, false

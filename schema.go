@@ -78,7 +78,8 @@ func (ic *interceptor) schemaAllows(ctx context.Context, q string) bool {
 		return true
 	}
 	allowed := true
-	for _, r := range readings(q, ic.cfg.Dialect) {
+	rs := readings(q, ic.cfg.Dialect)
+	for _, r := range rs.all() {
 		lexOnce(q, ic.cfg.Dialect, r, &lexAll{name: func(w string) {
 			if e, ok := names[strings.ToLower(w)]; ok && (e == effectSide || !ic.cfg.RetryFunctions) {
 				allowed = false
@@ -146,7 +147,8 @@ func worse(have, e effect) effect {
 // effectNone.
 func bodyEffect(body string, d Dialect, names map[string]effect) effect {
 	e := effectNone
-	for _, r := range readings(body, d) {
+	rs := readings(body, d)
+	for _, r := range rs.all() {
 		s := lexOnce(body, d, r, &lexAll{name: func(w string) {
 			switch {
 			case names[strings.ToLower(w)] == effectSide:
