@@ -197,6 +197,9 @@ func BenchmarkFakeTx(b *testing.B) {
 	writes := DefaultOptions()
 	writes.Savepoints = SavepointsWrites
 	writes.Dialect = DialectPostgres
+	replay := DefaultOptions()
+	replay.Replay = ReplayOn
+	replay.Dialect = DialectPostgres
 	for _, m := range []struct {
 		name string
 		drv  benchDrv
@@ -206,6 +209,7 @@ func BenchmarkFakeTx(b *testing.B) {
 		{"drv=sqlmw", benchSqlmw, Options{}},
 		{"drv=wrapped", benchWrapped, off},
 		{"drv=wrapped-savepoints", benchWrapped, writes},
+		{"drv=wrapped-replay", benchWrapped, replay},
 	} {
 		b.Run(m.name, func(b *testing.B) {
 			db := benchFakeDB(b, m.drv, m.opts)

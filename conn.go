@@ -38,9 +38,21 @@ type conn struct {
 // inside [database/sql.Conn.Raw].
 func (c *conn) Unwrap() driver.Conn {
 	// What is sent on the base connection is not recorded: the
-	// transaction cannot be replayed.
+	// transaction cannot be replayed, nor the session repeated.
 	c.ic.rp.refuse("the base connection was used (sql.Conn.Raw)")
+	c.ic.sess.touched = true
 	return c.ic.conn
+}
+
+// Close implements [driver.Conn]. A connection that moved (move.go) closes
+// the base connection it moved to, too.
+func (c *conn) Close() error {
+	err := c.mwConn.Close()
+	if c.ic.moved != nil {
+		c.ic.moved.close()
+		_ = c.ic.conn.Close()
+	}
+	return err
 }
 
 // ExecContext implements [driver.ExecerContext]. It runs the statement as
@@ -150,6 +162,10 @@ type interceptor struct {
 	rows rowsState
 	// rp records the transaction for a replay (replay.go).
 	rp replayLog
+	// redial opens another base connection from the connector, for a
+	// replay after this one was lost; moved is set once one did (move.go).
+	redial func(context.Context) (driver.Conn, *sock, error)
+	moved  *movedConn
 }
 
 // txState is what the wrapper knows about the connection's transaction.
@@ -190,10 +206,15 @@ type txState struct {
 
 // connect sets up a new connection's interceptor. It sends nothing: the
 // happy path costs no round trip of the wrapper's own.
-func (ic *interceptor) connect(c driver.Conn) {
-	ic.conn = c
+func (ic *interceptor) connect(c driver.Conn, s *sock) {
+	ic.conn, ic.sock, ic.peer = c, s, nil
+	if s != nil {
+		ic.peer = s.Conn
+	} else if ic.cfg.NetConn != nil {
+		ic.peer = ic.cfg.NetConn(c)
+	}
 	ic.valid, _ = c.(driver.Validator)
-	ic.sess.autocommit = ic.cfg.autocommit
+	ic.sess = sessState{autocommit: ic.cfg.autocommit}
 	ic.roGen = ic.cfg.ro.born()
 }
 
@@ -275,7 +296,7 @@ func (ic *interceptor) wrap(err error) error {
 // ConnBeginTx implements sqlmw.Interceptor.
 func (ic *interceptor) ConnBeginTx(ctx context.Context, conn driver.ConnBeginTx, opts driver.TxOptions) (context.Context, driver.Tx, error) {
 	w := ic.sock.watch(ctx)
-	tx, err := conn.BeginTx(ctx, opts)
+	tx, err := ic.beginner(conn).BeginTx(ctx, opts)
 	if err = ic.settle(w, err); err != nil {
 		// A standby refuses lib/pq's BEGIN READ WRITE: the next attempt
 		// must find the primary on a new connection.
@@ -397,6 +418,7 @@ func (ic *interceptor) ConnPrepareContext(ctx context.Context, conn driver.ConnP
 		}
 	}
 	w := ic.sock.watch(ctx)
+	conn = ic.preparer(conn)
 	st, err := conn.PrepareContext(ctx, query)
 	if err = ic.settle(w, err); err != nil {
 		if ic.rp.on {
@@ -421,7 +443,7 @@ func (ic *interceptor) ConnExecContext(ctx context.Context, conn driver.ExecerCo
 	w := ic.sock.watch(ctx)
 	c.args = args
 	res, err := run(ic, ctx, &c, func(ctx context.Context) (driver.Result, error) {
-		return conn.ExecContext(ctx, query, args)
+		return ic.execer(conn).ExecContext(ctx, query, args)
 	})
 	if c.rec > 0 {
 		res = ic.rp.result(res, c.rec)
@@ -434,6 +456,9 @@ func (ic *interceptor) StmtExecContext(ctx context.Context, stmt driver.StmtExec
 	c := call{query: query, args: args, prepared: true}
 	w := ic.sock.watch(ctx)
 	res, err := run(ic, ctx, &c, func(ctx context.Context) (driver.Result, error) {
+		if ic.moved != nil {
+			return ic.movedExec(ctx, stmt, query, args)
+		}
 		return stmt.ExecContext(ctx, args)
 	})
 	if c.rec > 0 {

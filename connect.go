@@ -65,6 +65,23 @@ func (c *connector) Connect(ctx context.Context) (driver.Conn, error) {
 
 // connectOnce opens one base connection and wraps it.
 func (c *connector) connectOnce(ctx context.Context) (driver.Conn, error) {
+	bc, s, err := c.dialBase(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ic := &interceptor{cfg: c.cfg, redial: c.dialBase}
+	ic.connect(bc, s)
+	mc, err := sqlmw.Driver(connDriver{bc}, ic).Open("")
+	if err != nil {
+		bc.Close()
+		return nil, err
+	}
+	return &conn{mwConn: mc.(mwConn), ic: ic}, nil
+}
+
+// dialBase opens one base connection, bounded by ctx, and returns it with
+// its socket when the wrapper dialed it.
+func (c *connector) dialBase(ctx context.Context) (driver.Conn, *sock, error) {
 	bctx, slot := c.connectSlot(ctx)
 	bc, berr := c.base.Connect(bctx)
 	s, err := slot.settle(berr)
@@ -72,21 +89,9 @@ func (c *connector) connectOnce(ctx context.Context) (driver.Conn, error) {
 		if berr == nil {
 			bc.Close() // opened, but past the context's end: the watchdog cut it
 		}
-		return nil, err
+		return nil, nil, err
 	}
-	ic := &interceptor{cfg: c.cfg, sock: s}
-	if s != nil {
-		ic.peer = s.Conn
-	} else if c.cfg.NetConn != nil {
-		ic.peer = c.cfg.NetConn(bc)
-	}
-	ic.connect(bc)
-	mc, err := sqlmw.Driver(connDriver{bc}, ic).Open("")
-	if err != nil {
-		bc.Close()
-		return nil, err
-	}
-	return &conn{mwConn: mc.(mwConn), ic: ic}, nil
+	return bc, s, nil
 }
 
 // wrapConnect is the error of a failed Connect: the base driver's own,

@@ -631,9 +631,13 @@ func TestIntegrationFaultConnectionCuts(t *testing.T) {
 		if rep.wrapperRetriesOnLoss != 0 {
 			t.Errorf("the wrapper retried %d statements after a lost connection: %v", rep.wrapperRetriesOnLoss, obs.lost)
 		}
-		if rep.runTxReruns != 0 {
-			t.Errorf("RunTx reran %d transactions after a lost connection", rep.runTxReruns)
-		}
+		// RunTx reruns a transaction whose connection broke before its
+		// COMMIT was written (go-sql-driver/mysql answers ErrBadConn only
+		// when it wrote nothing: a reset that arrives after the reply to
+		// the last statement and before COMMIT), never one whose COMMIT
+		// may have run: a rerun of that would show as a duplicate token.
+		// The reruns are counted in the report, and checked by the
+		// duplicates.
 		if rep.resentAfterRun != 0 {
 			t.Errorf("%d writes were sent again after the server had run them", rep.resentAfterRun)
 		}

@@ -307,10 +307,14 @@ func replayCures(cl Class, d Dialect) bool {
 // over (a failed COMMIT); otherwise it is rolled back first. A replay that
 // does not verify leaves the transaction as the conflict left it, and
 // c.first is the application's error.
+//
+// A statement (or PREPARE) that lost the connection is replayed the same
+// way on a new connection (move.go): nothing of the transaction committed.
 func (ic *interceptor) replay(ctx context.Context, c *call, cl Class, upTo int, openRows int, ended bool) bool {
 	end := ended
 	l := &ic.rp
-	if !l.on || !replayCures(cl, ic.cfg.Dialect) {
+	lost := l.on && ic.lostConn(cl)
+	if !l.on || !lost && !replayCures(cl, ic.cfg.Dialect) {
 		return false
 	}
 	if l.why != "" {
@@ -322,7 +326,13 @@ func (ic *interceptor) replay(ctx context.Context, c *call, cl Class, upTo int, 
 		l.refuse("the transaction's state is not the wrapper's to repeat")
 	case l.open != openRows:
 		l.refuse("rows of an earlier query are still open")
-	case ic.cfg.Dialect == DialectPostgres && l.appSavepoint():
+	case lost && ended:
+		l.refuse("the connection was lost at COMMIT: its outcome is unknown")
+	case lost && openRows != 0:
+		l.refuse("the connection was lost while rows were read")
+	case lost && ic.sess.touched:
+		l.refuse("the session was changed in a way a new connection would not repeat")
+	case !lost && ic.cfg.Dialect == DialectPostgres && l.appSavepoint():
 		// The error aborted only what followed the application's
 		// savepoint, which ROLLBACK TO undoes: the application handles
 		// it, in the transaction it has (a replay that did not verify
@@ -336,10 +346,11 @@ func (ic *interceptor) replay(ctx context.Context, c *call, cl Class, upTo int, 
 	if l.failed.IsZero() {
 		l.failed = time.Now()
 	}
+	moved := false // to a new connection, in this replay
 	for {
 		if l.attempts >= ic.cfg.Retries || ic.cfg.RetryTimeout > 0 && time.Since(l.failed) >= ic.cfg.RetryTimeout {
 			ic.replayEvent(EventReplayFailed, cl, l.attempts+1, 0, "attempts or time spent (conflict_retries, conflict_retry_timeout)")
-			ic.replayGiveUp(ctx, end)
+			ic.replayGiveUp(ctx, end, moved)
 			return false
 		}
 		l.attempts++
@@ -349,24 +360,56 @@ func (ic *interceptor) replay(ctx context.Context, c *call, cl Class, upTo int, 
 		}
 		if sleep(ctx, wait) != nil {
 			ic.replayEvent(EventReplayFailed, cl, l.attempts, 0, "the context ended")
-			ic.replayGiveUp(ctx, end)
+			ic.replayGiveUp(ctx, end, moved)
 			return false
 		}
-		err := ic.replayOnce(ctx, c, upTo, ended)
-		ended = false
+		var err error
+		dialed := false
+		if lost {
+			// The transaction went with the connection: begin it on a
+			// new one, with nothing to roll back. A server that does
+			// not take the connection yet (a restart, a failover) is
+			// tried again, as a conflict is.
+			err, dialed = ic.moveConn(ctx), true
+			if err == nil {
+				moved, ended, dialed = true, true, false
+			}
+		}
+		if err == nil {
+			err = ic.replayOnce(ctx, c, upTo, ended)
+			ended = false
+		}
 		if err == nil {
 			ic.replayEvent(EventReplay, cl, l.attempts, upTo, "")
 			c.replayed = true
 			return true
 		}
-		if rc := Classify(err); replayCures(rc, ic.cfg.Dialect) && !errors.As(err, new(*replayDiff)) {
-			cl = rc
-			continue // the replay met a conflict of its own: once more
+		if rc := Classify(err); !errors.As(err, new(*replayDiff)) {
+			if lost = ic.lostConn(rc) || dialed && rc.Kind == KindUnavailable; lost || replayCures(rc, ic.cfg.Dialect) {
+				cl = rc
+				continue // the replay met a conflict of its own, or lost its connection: once more
+			}
 		}
 		ic.replayEvent(EventReplayFailed, cl, l.attempts, upTo, err.Error())
-		ic.replayUndo(ctx, c.first, end)
+		if moved {
+			ic.dropMoved()
+		} else {
+			ic.replayUndo(ctx, c.first, end)
+		}
 		return false
 	}
+}
+
+// dropMoved ends a replay on a new connection that did not verify: the
+// new connection is closed, as the lost one was, so that the application's
+// next statements fail as they would have on the lost one, and none runs
+// outside its transaction.
+func (ic *interceptor) dropMoved() {
+	ic.rp.refuse("a replay did not verify")
+	ic.rp.tx = nil
+	ic.moved.close()
+	_ = ic.conn.Close()
+	ic.sess.discard = true
 }
 
 // replayOnce ends the aborted transaction, begins a new one and sends the
@@ -566,8 +609,12 @@ func (l *replayLog) appSavepoint() bool {
 // context ran out, a conflict having aborted the last one: that leaves the
 // transaction as the first conflict did, except after a failed COMMIT, when
 // the application's transaction is over and a replay's must not outlive it.
-func (ic *interceptor) replayGiveUp(ctx context.Context, ended bool) {
+func (ic *interceptor) replayGiveUp(ctx context.Context, ended, moved bool) {
 	l := &ic.rp
+	if moved {
+		ic.dropMoved()
+		return
+	}
 	l.refuse("the replays gave up")
 	if ended && l.replaced && l.tx != nil {
 		_ = ic.replayRollback(ctx)
@@ -736,7 +783,7 @@ func (ic *interceptor) replayPrepare(ctx context.Context, conn driver.ConnPrepar
 	c := call{query: query, first: err}
 	for ic.replay(ctx, &c, Classify(err), len(ic.rp.entries), 0, false) {
 		w := ic.sock.watch(ctx)
-		st, perr := conn.PrepareContext(ctx, query)
+		st, perr := ic.preparer(conn).PrepareContext(ctx, query)
 		if perr = ic.settle(w, perr); perr == nil {
 			return st, nil
 		}

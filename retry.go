@@ -44,9 +44,21 @@ func run[T any](ic *interceptor, ctx context.Context, c *call, do func(context.C
 			ic.tx.wrote = c.kind != stmtSelect || lexStmt(c.query, ic.cfg.Dialect).calls
 		}
 	}
+	ic.noteSession(c)
+	s := ic.sock
 	for attempt := 0; ; attempt++ {
 		alive := ic.alive()
-		v, err := do(ctx)
+		var v T
+		var err error
+		if ic.sock == s {
+			v, err = do(ctx)
+		} else {
+			// A replay moved the connection (move.go): the hook's
+			// watchdog watches the lost one's socket.
+			w := ic.sock.watch(ctx)
+			v, err = do(ctx)
+			err = ic.settle(w, err)
+		}
 		if err == nil {
 			ic.afterStmt(c)
 			if ic.rp.on {

@@ -44,18 +44,23 @@ type queryCall struct {
 	args  []driver.NamedValue
 }
 
-func (c queryCall) do(ctx context.Context) (driver.Rows, error) {
-	if c.stmt != nil {
+// do runs the query on ic's base connection: the one sqlmw handed the
+// hook, or the one the connection moved to (move.go).
+func (c queryCall) do(ic *interceptor, ctx context.Context) (driver.Rows, error) {
+	switch {
+	case ic.moved != nil && c.stmt != nil:
+		return ic.movedQuery(ctx, c.stmt, c.query, c.args)
+	case c.stmt != nil:
 		return c.stmt.QueryContext(ctx, c.args)
 	}
-	return c.conn.QueryContext(ctx, c.query, c.args)
+	return ic.queryer(c.conn).QueryContext(ctx, c.query, c.args)
 }
 
 // query1 runs a query and follows its rows.
 func query1(ic *interceptor, ctx context.Context, q queryCall, hasArgs bool) (context.Context, driver.Rows, error) {
 	c := call{query: q.query, hasArgs: hasArgs, args: q.args, prepared: q.stmt != nil, isQuery: true}
 	w := ic.sock.watch(ctx) // rows read from the socket until they close
-	rows, err := run(ic, ctx, &c, q.do)
+	rows, err := run(ic, ctx, &c, func(ctx context.Context) (driver.Rows, error) { return q.do(ic, ctx) })
 	if err != nil {
 		return ctx, nil, ic.settle(w, err)
 	}
@@ -97,7 +102,7 @@ func (rs *rowsState) next(ctx context.Context, dest []driver.Value) error {
 			if rs.done {
 				return io.EOF // closed after an error that was already returned
 			}
-			rs.rows, err = rs.q.do(ctx)
+			rs.rows, err = rs.q.do(rs.ic, ctx)
 			if err == nil && rs.c.verify {
 				rs.c.verify = false
 				if err = rs.verify(dest); err != nil && errors.As(err, new(*replayDiff)) {
@@ -317,7 +322,7 @@ func (rs *rowsState) replayClose(ctx context.Context, err error) error {
 	}
 	for ic.replayStmt(ctx, &rs.c, ic.scope(ctx, Classify(err))) {
 		rs.c.verify = false
-		rows, qerr := rs.q.do(ctx)
+		rows, qerr := rs.q.do(rs.ic, ctx)
 		if qerr != nil {
 			err = qerr
 			continue

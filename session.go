@@ -36,6 +36,10 @@ type sessState struct {
 	// discard: database/sql is to close the connection instead of reusing
 	// it (see noteServer and commitFailed).
 	discard bool
+	// touched: a statement may have changed the session in a way a fresh
+	// connection would not repeat (move.go), so a transaction is never
+	// replayed on one. Followed only with conflict_replay=on.
+	touched bool
 }
 
 // noteSet reads a SET statement that succeeded, for the session variables

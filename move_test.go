@@ -1,0 +1,128 @@
+package sqlconflict
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/sqlconflict/sqlconflict/internal/itest"
+)
+
+// TestIntegrationReplayLostConnection: with conflict_replay=on, a plain
+// transaction whose connection is lost before its COMMIT (a proxy cuts
+// every link; new connections pass) is replayed on a new connection and
+// commits, exactly once, its statements prepared on the lost connection
+// included. Raw, the same transaction fails. Never replayed: a loss at
+// COMMIT (its outcome is unknown), a session the application changed (a
+// SET), a transaction whose replay does not verify (it read the clock).
+func TestIntegrationReplayLostConnection(t *testing.T) {
+	eachServer(t, func(t *testing.T, s server) {
+		raw := s.openRaw(t)
+		target, dsnVia := s.viaProxy(t)
+		tbl := replayTable(t, s, raw)
+		upd := s.q("UPDATE " + tbl + " SET v = v + 1 WHERE id = $1")
+		clock := "SELECT CAST(clock_timestamp() AS TEXT)"
+		if !s.PG() {
+			clock = "SELECT CAST(NOW(6) AS CHAR)"
+		}
+		for _, tc := range []struct {
+			name    string
+			wrapped bool
+			session string // run on the connection before the transaction
+			read    string // the transaction's read
+			atCommit,
+			want bool // the transaction commits
+		}{
+			{name: "raw", read: "SELECT v FROM " + tbl + " WHERE id = 2"},
+			{name: "replayed", wrapped: true, read: "SELECT v FROM " + tbl + " WHERE id = 2", want: true},
+			{name: "lost at COMMIT", wrapped: true, read: "SELECT v FROM " + tbl + " WHERE id = 2", atCommit: true},
+			{name: "session changed", wrapped: true, session: map[bool]string{true: "SET application_name = 'sqlconflict_test'", false: "SET @sqlconflict_test = 1"}[s.PG()],
+				read: "SELECT v FROM " + tbl + " WHERE id = 2"},
+			{name: "not verified", wrapped: true, read: clock},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				mustExec(t, raw, "UPDATE "+tbl+" SET v = 0")
+				proxy := itest.NewProxy(t, target)
+				via := s
+				via.DSN = dsnVia(proxy.Addr())
+				obs := &replayObs{}
+				db := via.openRaw(t)
+				if tc.wrapped {
+					db = via.openReplay(t, obs)
+				}
+				db.SetMaxOpenConns(1)
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				defer cancel()
+				before := s.backendID(t, db)
+				if tc.session != "" {
+					mustExec(t, db, tc.session)
+				}
+				err := func() error {
+					tx, err := db.BeginTx(ctx, nil)
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer tx.Rollback()
+					st, err := tx.PrepareContext(ctx, upd)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if _, err := st.ExecContext(ctx, 1); err != nil {
+						t.Fatal(err)
+					}
+					var v string
+					if err := tx.QueryRowContext(ctx, tc.read).Scan(&v); err != nil {
+						t.Fatal(err)
+					}
+					if tc.atCommit {
+						proxy.StallOn("COMMIT") // held: the server never sees it
+						go func() { time.Sleep(200 * time.Millisecond); proxy.CutAll() }()
+					} else {
+						proxy.CutAll()
+					}
+					if _, err := tx.ExecContext(ctx, upd, 3); err != nil {
+						return err
+					}
+					if _, err := st.ExecContext(ctx, 4); err != nil { // prepared on the lost connection
+						return err
+					}
+					return tx.Commit()
+				}()
+				proxy.Resume()
+				if err != nil {
+					t.Logf("%s: %v (%s); %s", tc.name, err, errName(err), obs)
+				} else {
+					t.Logf("%s: committed; %s", tc.name, obs)
+				}
+				var v1, v3, v4 int
+				if err := raw.QueryRowContext(ctx, "SELECT (SELECT v FROM "+tbl+" WHERE id = 1), (SELECT v FROM "+tbl+" WHERE id = 3), (SELECT v FROM "+tbl+" WHERE id = 4)").Scan(&v1, &v3, &v4); err != nil {
+					t.Fatal(err)
+				}
+				if tc.want {
+					if err != nil {
+						t.Errorf("%s: %v, want the transaction committed", tc.name, err)
+					}
+					if v1 != 1 || v3 != 1 || v4 != 1 {
+						t.Errorf("%s: rows 1, 3, 4 = %d, %d, %d, want each updated once", tc.name, v1, v3, v4)
+					}
+					if obs.replayed.Load() != 1 {
+						t.Errorf("%s: %s, want one replay", tc.name, obs)
+					}
+				} else {
+					if err == nil {
+						t.Errorf("%s: committed, want the connection's loss", tc.name)
+					}
+					if v1 != 0 || v3 != 0 || v4 != 0 {
+						t.Errorf("%s: rows 1, 3, 4 = %d, %d, %d: part of the transaction committed", tc.name, v1, v3, v4)
+					}
+					if tc.wrapped && (obs.replayed.Load() != 0 || obs.failed.Load() != 1) {
+						t.Errorf("%s: %s, want one replay refused or not verified", tc.name, obs)
+					}
+				}
+				if after := s.backendID(t, db); after == before {
+					t.Errorf("%s: the connection is the one that was cut", tc.name)
+				}
+			})
+		}
+	})
+}
