@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
+	"net"
+	"syscall"
 )
 
 // Replay on a fresh connection (conflict_replay=on). A transaction whose
@@ -59,9 +61,28 @@ func (ic *interceptor) noteSession(c *call) {
 }
 
 // lostConn reports whether cl, the error of a statement, lost the
-// connection: the base connection says it is no longer usable.
+// connection: the base connection says it is no longer usable, or (pgx's
+// stdlib connection has no IsValid) its socket is closed or its peer gone.
 func (ic *interceptor) lostConn(cl Class) bool {
-	return cl.Kind == KindConnectionLost && !ic.alive()
+	if cl.Kind != KindConnectionLost {
+		return false
+	}
+	return !ic.alive() || ic.peer != nil && (closedConn(ic.peer) || peerGone(ic.peer))
+}
+
+// closedConn reports whether c's socket is closed (the driver closed it
+// after an error).
+func closedConn(c net.Conn) bool {
+	c, _ = underTLS(c)
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	return rc.Control(func(uintptr) {}) != nil
 }
 
 // moveConn opens a new base connection and makes it the connection's, in

@@ -2,6 +2,8 @@ package sqlconflict
 
 import (
 	"context"
+	"database/sql"
+	"fmt"
 	"testing"
 	"time"
 
@@ -31,10 +33,12 @@ func TestIntegrationReplayLostConnection(t *testing.T) {
 			session string // run on the connection before the transaction
 			read    string // the transaction's read
 			atCommit,
+			kill, // the server ends the session (pg_terminate_backend, KILL) instead of the proxy's cut
 			want bool // the transaction commits
 		}{
 			{name: "raw", read: "SELECT v FROM " + tbl + " WHERE id = 2"},
 			{name: "replayed", wrapped: true, read: "SELECT v FROM " + tbl + " WHERE id = 2", want: true},
+			{name: "session killed, replayed", wrapped: true, read: "SELECT v FROM " + tbl + " WHERE id = 2", kill: true, want: true},
 			{name: "lost at COMMIT", wrapped: true, read: "SELECT v FROM " + tbl + " WHERE id = 2", atCommit: true},
 			{name: "session changed", wrapped: true, session: map[bool]string{true: "SET application_name = 'sqlconflict_test'", false: "SET @sqlconflict_test = 1"}[s.PG()],
 				read: "SELECT v FROM " + tbl + " WHERE id = 2"},
@@ -74,7 +78,18 @@ func TestIntegrationReplayLostConnection(t *testing.T) {
 					if err := tx.QueryRowContext(ctx, tc.read).Scan(&v); err != nil {
 						t.Fatal(err)
 					}
-					if tc.atCommit {
+					if tc.kill {
+						kill := "SELECT pg_terminate_backend($1)"
+						if !s.PG() {
+							kill = fmt.Sprintf("KILL %d", before)
+						}
+						if s.PG() {
+							mustExec(t, raw, kill, before)
+						} else {
+							mustExec(t, raw, kill)
+						}
+						waitGone(t, s, raw, before)
+					} else if tc.atCommit {
 						proxy.StallOn("COMMIT") // held: the server never sees it
 						go func() { time.Sleep(200 * time.Millisecond); proxy.CutAll() }()
 					} else {
@@ -125,4 +140,19 @@ func TestIntegrationReplayLostConnection(t *testing.T) {
 			})
 		}
 	})
+}
+
+// waitGone waits until the server no longer lists session id.
+func waitGone(t *testing.T, s server, raw *sql.DB, id int64) {
+	t.Helper()
+	q := "SELECT COUNT(*) FROM pg_stat_activity WHERE pid = $1"
+	if !s.PG() {
+		q = "SELECT COUNT(*) FROM information_schema.processlist WHERE id = ?"
+	}
+	for deadline := time.Now().Add(5 * time.Second); count(t, raw, q, id) != 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("session %d still there 5 s after it was ended", id)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

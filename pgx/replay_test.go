@@ -216,3 +216,68 @@ func TestIntegrationReplayOwnStatementsBounded(t *testing.T) {
 		})
 	}
 }
+
+// TestIntegrationReplayLostConnection: a plain transaction through pgx
+// whose connection is lost before its COMMIT (the proxy cuts every link)
+// is replayed on a new connection and commits, each row updated once; raw
+// pgx fails it, and commits nothing of it.
+func TestIntegrationReplayLostConnection(t *testing.T) {
+	srv := pgServer(t)
+	raw := srv.Open(t, "pgx")
+	target, dsnVia := faultViaProxy(t, srv)
+	tbl := table(t, raw, "", "id INT PRIMARY KEY, v INT NOT NULL")
+	upd := "UPDATE " + tbl + " SET v = v + 1 WHERE id = $1"
+	for _, wrapped := range []bool{false, true} {
+		name := map[bool]string{false: "raw pgx", true: "sqlconflict-pgx, conflict_replay=on"}[wrapped]
+		mustExec(t, raw, "DELETE FROM "+tbl)
+		mustExec(t, raw, "INSERT INTO "+tbl+" (id, v) SELECT i, 0 FROM generate_series(1, 3) i")
+		proxy := itest.NewProxy(t, target)
+		db := faultOpen(t, "pgx", dsnVia(proxy.Addr()))
+		var replayed atomic.Int64
+		if wrapped {
+			config, err := pgx.ParseConfig(dsnVia(proxy.Addr()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			opts := sqlconflict.DefaultOptions()
+			opts.Replay = sqlconflict.ReplayOn
+			opts.Observer = func(ob sqlconflict.Observation) {
+				if ob.Event == sqlconflict.EventReplay {
+					replayed.Add(1)
+				}
+			}
+			if db, err = sqlconflictpgx.OpenDB(*config, opts); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { db.Close() })
+		}
+		db.SetMaxOpenConns(1)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		err := func() error {
+			tx, err := db.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback()
+			mustExec(t, tx, upd, 1)
+			var v int
+			if err := tx.QueryRowContext(ctx, "SELECT v FROM "+tbl+" WHERE id = 2").Scan(&v); err != nil {
+				t.Fatal(err)
+			}
+			proxy.CutAll()
+			if _, err := tx.ExecContext(ctx, upd, 3); err != nil {
+				return err
+			}
+			return tx.Commit()
+		}()
+		cancel()
+		v1, v3 := count(t, raw, "SELECT v FROM "+tbl+" WHERE id = 1"), count(t, raw, "SELECT v FROM "+tbl+" WHERE id = 3")
+		t.Logf("%s: %v; rows 1, 3 = %d, %d; replays %d", name, err, v1, v3, replayed.Load())
+		switch {
+		case wrapped && (err != nil || v1 != 1 || v3 != 1 || replayed.Load() != 1):
+			t.Errorf("%s: %v, rows %d, %d, replays %d; want committed once by one replay", name, err, v1, v3, replayed.Load())
+		case !wrapped && (err == nil || v1 != 0 || v3 != 0):
+			t.Errorf("%s: %v, rows %d, %d; want the loss, nothing committed", name, err, v1, v3)
+		}
+	}
+}
