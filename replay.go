@@ -380,7 +380,11 @@ func (ic *interceptor) replay(ctx context.Context, c *call, cl Class, upTo int, 
 			ended = false
 		}
 		if err == nil {
-			ic.replayEvent(EventReplay, cl, l.attempts, upTo, "")
+			if openRows == 0 {
+				// Otherwise once the open query's rows are checked too
+				// (rows.go, replayed).
+				ic.replayEvent(EventReplay, cl, l.attempts, upTo, "")
+			}
 			c.replayed = true
 			return true
 		}

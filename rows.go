@@ -107,6 +107,8 @@ func (rs *rowsState) next(ctx context.Context, dest []driver.Value) error {
 				rs.c.verify = false
 				if err = rs.verify(dest); err != nil && errors.As(err, new(*replayDiff)) {
 					return rs.replayFailed(ctx, err)
+				} else if err == nil {
+					rs.replayed()
 				}
 			}
 		}
@@ -296,6 +298,11 @@ func (rs *rowsState) verify(dest []driver.Value) error {
 	return err
 }
 
+// replayed reports the replay whose open query's rows checked out.
+func (rs *rowsState) replayed() {
+	rs.ic.replayEvent(EventReplay, Classify(rs.c.first), rs.ic.rp.attempts, rs.c.rec-1, "")
+}
+
 // replayFailed ends the rows after a replay that did not verify, with the
 // transaction as the conflict left it and the application's error.
 func (rs *rowsState) replayFailed(ctx context.Context, diff error) error {
@@ -336,6 +343,7 @@ func (rs *rowsState) replayClose(ctx context.Context, err error) error {
 			err = verr
 			continue
 		}
+		rs.replayed()
 		if err = rs.closeRows(); err == nil {
 			return nil
 		}
