@@ -75,7 +75,7 @@ func ExampleOptions_Validate() {
 func ExampleDefaultOptions() {
 	fmt.Printf("%+v\n", sqlconflict.DefaultOptions())
 	// Output:
-	// {Retries:50 RetryTimeout:10s Backoff:5ms MaxBackoff:1s Savepoints:off SavepointBudget:32 BlindReread:fix WrapErrors:false RetryFunctions:false CancelGrace:80ms VerifyCommit:false Replay:off ReplayStatements:1000 ReplayBytes:1048576 Logger:<nil> Observer:<nil> Dialect:unknown NetConn:<nil>}
+	// {Retries:50 RetryTimeout:10s Backoff:5ms MaxBackoff:1s Savepoints:off SavepointBudget:32 BlindReread:fix WrapErrors:false RetryFunctions:false CancelGrace:80ms VerifyCommit:false Replay:on ReplayStatements:1000 ReplayBytes:1048576 Logger:<nil> Observer:<nil> Dialect:unknown NetConn:<nil>}
 }
 
 // Verified transaction replay is one DSN option: an application's own

@@ -70,8 +70,11 @@ func ExampleNewConnector() {
 	// err: <nil>
 }
 
-// RunTx reruns the whole transaction after a serialization failure at
-// COMMIT; the OnCommit hook runs once, after the commit that succeeded.
+// RunTx around a transaction whose COMMIT fails with a serialization
+// failure: the wrapper replays the transaction first (conflict_replay, on
+// by default), so fn runs once; RunTx reruns fn only when a replay cannot
+// verify what fn saw. The OnCommit hook runs once, after the commit that
+// succeeded.
 func ExampleRunTx() {
 	base, mock := newMock("example_runtx")
 	for _, fail := range []bool{true, false} {
@@ -100,7 +103,7 @@ func ExampleRunTx() {
 	fmt.Println("attempts:", attempts, "err:", err)
 	// Output:
 	// order 42 committed: queue its e-mail
-	// attempts: 2 err: <nil>
+	// attempts: 1 err: <nil>
 }
 
 // After a deadlock MySQL has rolled the transaction back, but would run the

@@ -453,6 +453,7 @@ type faultReport struct {
 	ops, cuts, acked, unknown, notApplied int
 	unknownApplied, rows, duplicates      int
 	resent, resentAfterRun                int
+	replayedAfterRun                      int // in a transaction replayed on a new connection
 	wrapperRetries, wrapperRetriesOnLoss  int64
 	runTxReruns                           int
 	byMode                                [numCutModes]int
@@ -471,9 +472,9 @@ func (r faultReport) String() string {
 	}
 	sort.Strings(kinds)
 	return fmt.Sprintf("seed=%d ops=%d cuts=%d (%s) acked=%d unknown-outcome=%d (found applied %d) failed-before-commit=%d rows=%d duplicates=%d "+
-		"resent-by-driver=%d (after the server ran it: %d) wrapper-retries=%d on-conn-loss=%d runtx-reruns-on-conn-loss=%d errors={%s}",
+		"resent=%d (after the server ran it: %d; in a transaction replayed on a new connection: %d) wrapper-retries=%d on-conn-loss=%d runtx-reruns-on-conn-loss=%d errors={%s}",
 		r.seed, r.ops, r.cuts, strings.Join(modes, ", "), r.acked, r.unknown, r.unknownApplied, r.notApplied, r.rows, r.duplicates,
-		r.resent, r.resentAfterRun, r.wrapperRetries, r.wrapperRetriesOnLoss, r.runTxReruns, strings.Join(kinds, "; "))
+		r.resent, r.resentAfterRun, r.replayedAfterRun, r.wrapperRetries, r.wrapperRetriesOnLoss, r.runTxReruns, strings.Join(kinds, "; "))
 }
 
 // faultSeed is the workload's RNG seed: SQLCONFLICT_FAULT_SEED, or 1.
@@ -520,6 +521,7 @@ func TestIntegrationFaultConnectionCuts(t *testing.T) {
 		outcomes := map[string]faultOutcome{}
 		details := map[string]string{} // token -> op, cut and error, for failure messages
 		modes := map[string]cutMode{}
+		inTxTok := map[string]bool{}
 		var order []string
 		deadline := time.Now().Add(90 * time.Second)
 
@@ -533,6 +535,7 @@ func TestIntegrationFaultConnectionCuts(t *testing.T) {
 			order = append(order, tok)
 			op := faultOp(rng.IntN(int(numFaultOps)))
 			inTx := op == opTx || op == opRunTx
+			inTxTok[tok] = inTx
 
 			// One operation in four runs without a fault.
 			var f *fault
@@ -598,7 +601,15 @@ func TestIntegrationFaultConnectionCuts(t *testing.T) {
 			}
 			if sent := proxy.sentCount(tok); sent > 1 {
 				rep.resent++
-				if modes[tok] == cutOnReply {
+				switch {
+				case modes[tok] != cutOnReply:
+				case inTxTok[tok]:
+					// A transaction's write that the server ran, then lost
+					// with the connection before COMMIT, sent again by a
+					// replay on a new connection (move.go): the first
+					// never committed, as the duplicates check shows.
+					rep.replayedAfterRun++
+				default:
 					rep.resentAfterRun++
 				}
 			}

@@ -52,7 +52,7 @@ const (
 	// sent again in a new transaction, and the failing statement (or the
 	// COMMIT) runs again only if everything the application had seen is
 	// the same; otherwise the application gets the original error. DSN
-	// value "on".
+	// value "on", the default.
 	ReplayOn
 )
 
@@ -147,8 +147,10 @@ type Options struct {
 	// a conflict (a deadlock, a serialization or Galera certification
 	// failure, a lock timeout or, on PostgreSQL, a unique violation that
 	// ended it), verifying that everything the application saw is the same
-	// (replay.go, docs/retry.md). Its attempts and time are bounded by
-	// Retries and RetryTimeout, with Backoff between them.
+	// (replay.go, docs/retry.md), and one whose connection was lost before
+	// its COMMIT was sent, on a new connection (move.go). Its attempts and
+	// time are bounded by Retries and RetryTimeout, with Backoff between
+	// them. DefaultOptions: ReplayOn.
 	Replay ReplayMode
 	// ReplayStatements (conflict_replay_statements) and ReplayBytes
 	// (conflict_replay_bytes) bound what is recorded of one transaction
@@ -186,7 +188,7 @@ func DefaultOptions() Options {
 		SavepointBudget:  32,
 		BlindReread:      BlindRereadFix,
 		CancelGrace:      80 * time.Millisecond,
-		Replay:           ReplayOff,
+		Replay:           ReplayOn,
 		ReplayStatements: 1000,
 		ReplayBytes:      1 << 20,
 	}

@@ -701,7 +701,7 @@ func TestValidate(t *testing.T) {
 func TestDefaultOptions(t *testing.T) {
 	want := sqlconflict.Options{Retries: 50, RetryTimeout: 10 * time.Second, Backoff: 5 * time.Millisecond, MaxBackoff: time.Second,
 		Savepoints: sqlconflict.SavepointsOff, SavepointBudget: 32, BlindReread: sqlconflict.BlindRereadFix,
-		CancelGrace: 80 * time.Millisecond, Replay: sqlconflict.ReplayOff, ReplayStatements: 1000, ReplayBytes: 1 << 20}
+		CancelGrace: 80 * time.Millisecond, Replay: sqlconflict.ReplayOn, ReplayStatements: 1000, ReplayBytes: 1 << 20}
 	if got := sqlconflict.DefaultOptions(); !reflect.DeepEqual(got, want) {
 		t.Errorf("DefaultOptions() = %+v, want %+v", got, want)
 	}

@@ -202,10 +202,28 @@ func TestBackoff(t *testing.T) {
 // TestRunTx covers the retry decisions of RunTx on a fake driver.
 func TestRunTx(t *testing.T) {
 	ctx := context.Background()
+	// By default the wrapper replays the transaction whose COMMIT failed
+	// (replay.go) before RunTx would rerun fn: fn runs once.
 	d := &fakeDriver{errs: failN("COMMIT", 2, errPGSerial)}
 	db := openFake(t, d, fastOptions(DialectPostgres))
 	var runs, hooks int
 	err := TxRunner{Backoff: time.Microsecond}.Run(ctx, db, nil, func(ctx context.Context, tx *sql.Tx) error {
+		runs++
+		OnCommit(ctx, func() { hooks++ })
+		_, err := tx.ExecContext(ctx, "INSERT INTO t VALUES (1)")
+		return err
+	})
+	if err != nil || runs != 1 || hooks != 1 {
+		t.Fatalf("replay on: err = %v, runs = %d, hooks = %d; want nil, 1, 1", err, runs, hooks)
+	}
+
+	// Without replay, RunTx reruns fn.
+	off := fastOptions(DialectPostgres)
+	off.Replay = ReplayOff
+	d = &fakeDriver{errs: failN("COMMIT", 2, errPGSerial)}
+	db = openFake(t, d, off)
+	runs, hooks = 0, 0
+	err = TxRunner{Backoff: time.Microsecond}.Run(ctx, db, nil, func(ctx context.Context, tx *sql.Tx) error {
 		runs++
 		OnCommit(ctx, func() { hooks++ })
 		_, err := tx.ExecContext(ctx, "INSERT INTO t VALUES (1)")

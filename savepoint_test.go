@@ -240,7 +240,9 @@ func TestSavepointDeadlockNotRetried(t *testing.T) {
 }
 
 func savepointDeadlock(t *testing.T, e error) {
-	db, mock, sp := mockDBSP(t, fastOptions(DialectPostgres))
+	o := fastOptions(DialectPostgres)
+	o.Replay = ReplayOff // the guard alone; a replay would end the conflict (replay_unit_test.go)
+	db, mock, sp := mockDBSP(t, o)
 	ok := sqlmock.NewResult(0, 1)
 	errAborted := &pq.Error{Code: "25P02", Message: "current transaction is aborted"}
 	mock.ExpectBegin()

@@ -28,8 +28,8 @@ type config struct {
 const (
 	runRaw = "raw"
 	// runReplay is the application's code unchanged, its own BeginTx and
-	// Commit, through sqlconflict with conflict_replay=on: the DSN is all
-	// that changed.
+	// Commit, through sqlconflict at its defaults (conflict_replay=on): the
+	// driver name and DSN are all that changed.
 	runReplay  = "DSN only"
 	runWrapped = "sqlconflict"
 )
@@ -76,7 +76,7 @@ func (h warnCounter) Handle(_ context.Context, r slog.Record) error {
 }
 
 // runScenario runs sc through the raw driver, through sqlconflict with the
-// application's code unchanged (conflict_replay=on), and through
+// application's code unchanged (the defaults: conflict_replay=on), and through
 // sqlconflict with RunTx.
 func runScenario(ctx context.Context, cfg config, t *target, admin *sql.DB, sc *scenario, prog *progress) (scenarioResult, error) {
 	res := scenarioResult{Name: sc.name, About: sc.about, Fix: sc.fix.desc}
@@ -126,9 +126,6 @@ func runOnce(ctx context.Context, cfg config, t *target, admin *sql.DB, sc *scen
 		opts := sqlconflict.DefaultOptions()
 		opts.Observer = st.observe
 		opts.Logger = slog.New(warnCounter{st})
-		if run == runReplay {
-			opts.Replay = sqlconflict.ReplayOn
-		}
 		db, err = t.openWrapped(ctx, cfg.workers, opts)
 	}
 	if err != nil {

@@ -1,8 +1,9 @@
 // Command sqlconflict-race runs the races sqlconflict exists for, each three
 // times with the same workload: through the raw base driver, as the
-// application was written; through sqlconflict with the code unchanged and
-// only conflict_replay=on in the DSN ("DSN only"); and through sqlconflict
-// with the transactions in RunTx. It prints, per run, the operations,
+// application was written; through sqlconflict with the code unchanged,
+// only the driver name and DSN changed ("DSN only": the defaults, which
+// replay aborted transactions); and through sqlconflict with the
+// transactions in RunTx. It prints, per run, the operations,
 // the failed ones, the retries, the wrong final values (lost updates,
 // missing or extra rows) and the throughput.
 //
@@ -82,7 +83,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.Uint64Var(&cfg.seed, "seed", 1, "seed of the workers' random choices, the same for both runs")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: sqlconflict-race [flags]\n\n"+
-			"Runs each race three times, through the raw driver, through sqlconflict with the code unchanged (conflict_replay=on), and through sqlconflict with RunTx, and compares.\n\n")
+			"Runs each race three times, through the raw driver, through sqlconflict with the code unchanged (its defaults, conflict_replay=on), and through sqlconflict with RunTx, and compares.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {

@@ -27,7 +27,7 @@ type scenarioResult struct {
 	Fix   string    `json:"sqlconflict_fix"`
 	Raw   runResult `json:"raw"`
 	// Unchanged is the application's code as it was, its own
-	// transactions, through sqlconflict with conflict_replay=on.
+	// transactions, through sqlconflict at its defaults (conflict_replay=on).
 	Unchanged runResult `json:"dsn_only"`
 	Wrapped   runResult `json:"sqlconflict"`
 	Note      string    `json:"note"`
@@ -110,7 +110,7 @@ func failureSummary(r runResult) string {
 
 func writeFooter(w io.Writer, r *report) {
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "DSN only: the application's own transactions, unchanged, through sqlconflict with conflict_replay=on;")
+	fmt.Fprintln(w, "DSN only: the application's own transactions, unchanged, through sqlconflict at its defaults (conflict_replay=on);")
 	fmt.Fprintln(w, "sqlconflict: the same code through sqlconflict.RunTx.")
 	fmt.Fprintln(w, "RETRIES counts reruns of a transaction by sqlconflict.RunTx, statements the driver ran again and verified replays.")
 	fmt.Fprintln(w, "WRONG counts lost updates, missing or extra rows, and wrong values in the final state.")
