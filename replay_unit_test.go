@@ -138,3 +138,49 @@ func TestReplayAtClose(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestReplayConflictsAgain: the replay meets a deadlock of its own at its
+// first re-sent UPDATE; it rolls that back and replays once more, which
+// verifies: the application's deadlocked UPDATE and COMMIT succeed, and one
+// EventReplay reports the second attempt.
+func TestReplayConflictsAgain(t *testing.T) {
+	for _, d := range []Dialect{DialectPostgres, DialectMySQL} {
+		t.Run(d.String(), func(t *testing.T) {
+			var events []Observation
+			o := replayOptions(d)
+			o.Observer = func(ob Observation) { events = append(events, ob) }
+			db, mock := mockDB(t, o)
+			deadlock := map[Dialect]error{DialectPostgres: errPGDeadlock, DialectMySQL: errMyDeadlock}[d]
+			ok := sqlmock.NewResult(0, 1)
+			mock.ExpectBegin()
+			mock.ExpectExec(exact("UPDATE t SET x = 1 WHERE id = 1")).WillReturnResult(ok)
+			mock.ExpectExec(exact("UPDATE t SET x = 1 WHERE id = 2")).WillReturnError(deadlock)
+			mock.ExpectRollback()
+			expectSchema(mock, d)
+			mock.ExpectBegin()
+			mock.ExpectExec(exact("UPDATE t SET x = 1 WHERE id = 1")).WillReturnError(deadlock) // the replay's own
+			mock.ExpectRollback()
+			mock.ExpectBegin()
+			mock.ExpectExec(exact("UPDATE t SET x = 1 WHERE id = 1")).WillReturnResult(ok)
+			mock.ExpectExec(exact("UPDATE t SET x = 1 WHERE id = 2")).WillReturnResult(ok)
+			mock.ExpectCommit()
+
+			tx, err := db.Begin()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.Exec("UPDATE t SET x = 1 WHERE id = 1"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.Exec("UPDATE t SET x = 1 WHERE id = 2"); err != nil {
+				t.Fatalf("the deadlocked UPDATE after two replays: %v", err)
+			}
+			if err := tx.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			if len(events) != 1 || events[0].Event != EventReplay || events[0].Attempt != 2 || events[0].Statements != 1 {
+				t.Errorf("events %+v, want one EventReplay of attempt 2 with 1 statement", events)
+			}
+		})
+	}
+}
