@@ -225,7 +225,15 @@ func runRegisters(s server, name string, db *sql.DB, proxy *itest.Proxy, tbl str
 	rep := &regReport{name: name, errs: map[string]int{}}
 	read := s.q("SELECT v FROM " + tbl + " WHERE k = $1")
 	update := s.q("UPDATE " + tbl + " SET v = $1 WHERE k = $2")
+	// regRun, or longer on a slow machine until the history has 50 ops a
+	// register (what the check below asks of it), within three regRuns.
 	stop := time.Now().Add(regRun)
+	hardStop := time.Now().Add(3 * regRun)
+	var total atomic.Int64
+	running := func() bool {
+		now := time.Now()
+		return now.Before(stop) || total.Load() < 50*regKeys && now.Before(hardStop)
+	}
 
 	// The faults: every link cut every 250-350 ms; one time in three a
 	// stall of 20-120 ms before it (every byte held, sockets open); one
@@ -285,11 +293,12 @@ func runRegisters(s server, name string, db *sql.DB, proxy *itest.Proxy, tbl str
 				cl.errs[fmt.Sprintf("%s %v/%v", errName(err), k.Kind, k.Scope)]++
 				return k.Scope == ScopeUnknownOutcome
 			}
-			for time.Now().Before(stop) {
+			for running() {
 				k := rng.IntN(regKeys)
 				ctx, cancel := context.WithTimeout(context.Background(), regOpLimit)
 				op := itest.RegOp{Client: c}
 				cl.ops++
+				total.Add(1)
 				switch kind := rng.IntN(10); {
 				case kind < 5: // a read in autocommit
 					cl.reads++
