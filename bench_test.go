@@ -417,7 +417,8 @@ func (c *benchCountConn) BeginTx(ctx context.Context, opts driver.TxOptions) (dr
 	if bt, ok := c.c.(driver.ConnBeginTx); ok {
 		tx, err = bt.BeginTx(ctx, opts)
 	} else {
-		tx, err = c.c.Begin() //nolint:staticcheck // fallback for old drivers
+		//lint:ignore SA1019 fallback for drivers without ConnBeginTx
+		tx, err = c.c.Begin()
 	}
 	c.n.note("BEGIN")
 	if err != nil {
@@ -495,7 +496,8 @@ type benchCountStmt struct {
 var (
 	_ driver.StmtExecContext  = (*benchCountStmt)(nil)
 	_ driver.StmtQueryContext = (*benchCountStmt)(nil)
-	_ driver.ColumnConverter  = (*benchCountStmt)(nil) //nolint:staticcheck // the real drivers' statements have it
+	//lint:ignore SA1019 the real drivers' statements have it
+	_ driver.ColumnConverter = (*benchCountStmt)(nil)
 )
 
 func (s *benchCountStmt) Close() error  { s.n.closes.Add(1); return s.st.Close() }
@@ -503,12 +505,14 @@ func (s *benchCountStmt) NumInput() int { return s.st.NumInput() }
 
 func (s *benchCountStmt) Exec(args []driver.Value) (driver.Result, error) {
 	s.n.note(s.q)
-	return s.st.Exec(args) //nolint:staticcheck // forwarding the legacy method
+	//lint:ignore SA1019 forwarding the legacy method
+	return s.st.Exec(args)
 }
 
 func (s *benchCountStmt) Query(args []driver.Value) (driver.Rows, error) {
 	s.n.note(s.q)
-	return s.st.Query(args) //nolint:staticcheck // forwarding the legacy method
+	//lint:ignore SA1019 forwarding the legacy method
+	return s.st.Query(args)
 }
 
 func (s *benchCountStmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
@@ -528,7 +532,8 @@ func (s *benchCountStmt) QueryContext(ctx context.Context, args []driver.NamedVa
 }
 
 func (s *benchCountStmt) ColumnConverter(idx int) driver.ValueConverter {
-	if cc, ok := s.st.(driver.ColumnConverter); ok { //nolint:staticcheck // forwarding
+	//lint:ignore SA1019 forwarding the legacy method
+	if cc, ok := s.st.(driver.ColumnConverter); ok {
 		return cc.ColumnConverter(idx)
 	}
 	return driver.DefaultParameterConverter

@@ -15,6 +15,7 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 	"github.com/lib/pq"
+	"github.com/lib/pq/pqerror"
 
 	"github.com/sqlconflict/sqlconflict/internal/sqlitefake"
 )
@@ -76,7 +77,7 @@ func TestClassifyPostgres(t *testing.T) {
 			Kind: tt.kind, Scope: tt.scope, Retryable: tt.retry, Dialect: DialectPostgres,
 			Code: tt.code, SQLState: tt.code, Constraint: "c", Table: "t",
 		}
-		pqErr := &pq.Error{Code: pq.ErrorCode(tt.code), Constraint: "c", Table: "t", Column: "col"}
+		pqErr := &pq.Error{Code: pqerror.Code(tt.code), Constraint: "c", Table: "t", Column: "col"}
 		pgxErr := &fakePgError{Code: tt.code, ConstraintName: "c", TableName: "t"}
 		for name, err := range wraps(pqErr) {
 			w := want
@@ -233,7 +234,7 @@ func TestClassifyPostgresMessages(t *testing.T) {
 		{"0A000", "cannot set transaction read-write mode during recovery", KindReadOnly, true},
 		{"0A000", "cannot use a transaction-scoped cursor here", KindUnknown, false},
 	} {
-		got := Classify(&pq.Error{Code: pq.ErrorCode(tt.code), Message: tt.msg})
+		got := Classify(&pq.Error{Code: pqerror.Code(tt.code), Message: tt.msg})
 		if got.Kind != tt.kind || got.Retryable != tt.retry || got.Code != tt.code {
 			t.Errorf("%s %q: Classify = %+v, want %v retryable %v", tt.code, tt.msg, got, tt.kind, tt.retry)
 		}

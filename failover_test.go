@@ -162,7 +162,7 @@ func TestIntegrationFailoverRunTxRefusedDeadline(t *testing.T) {
 		{"mysql", DriverMySQL, "mysql", "root@tcp(" + addr + ")/test"},
 	} {
 		t.Run(d.name, func(t *testing.T) {
-			run := func(drv string) (error, time.Duration, int) {
+			run := func(drv string) (time.Duration, int, error) {
 				db := foOpen(t, drv, d.dsn)
 				ctx, cancel := context.WithTimeout(context.Background(), 600*time.Millisecond)
 				defer cancel()
@@ -173,10 +173,10 @@ func TestIntegrationFailoverRunTxRefusedDeadline(t *testing.T) {
 					_, err := tx.ExecContext(ctx, "SELECT 1")
 					return err
 				})
-				return err, time.Since(start), calls
+				return time.Since(start), calls, err
 			}
-			rawErr, rawTook, _ := run(d.raw)
-			err, took, calls := run(d.wrapped)
+			rawTook, _, rawErr := run(d.raw)
+			took, calls, err := run(d.wrapped)
 			t.Logf("raw:     after %v: %s", rawTook.Round(time.Millisecond), foDescribe(rawErr))
 			t.Logf("wrapped: after %v: %s", took.Round(time.Millisecond), foDescribe(err))
 			var re *RetryError

@@ -555,7 +555,7 @@ func TestIntegrationFaultConnectionCuts(t *testing.T) {
 			}
 
 			start := time.Now()
-			out, err, reruns := runFaultOp(s, db, tbl, op, tok, rng.IntN(2) == 0)
+			out, reruns, err := runFaultOp(s, db, tbl, op, tok, rng.IntN(2) == 0)
 			if d := time.Since(start); d > time.Second {
 				t.Logf("slow op %d %v (cut %s): %v, error %v", i, op, modeName(f), d.Round(time.Millisecond), err)
 			}
@@ -704,7 +704,7 @@ func errName(err error) string {
 
 // runFaultOp runs one write and says what the client knows of it. reruns
 // counts RunTx attempts beyond the first that followed a lost connection.
-func runFaultOp(s server, db *sql.DB, tbl string, op faultOp, tok string, useArg bool) (faultOutcome, error, int) {
+func runFaultOp(s server, db *sql.DB, tbl string, op faultOp, tok string, useArg bool) (faultOutcome, int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	literal := "INSERT INTO " + tbl + " (token) VALUES ('" + tok + "')"
@@ -712,18 +712,18 @@ func runFaultOp(s server, db *sql.DB, tbl string, op faultOp, tok string, useArg
 	switch op {
 	case opAutoLiteral:
 		_, err := db.ExecContext(ctx, literal)
-		return autoOutcome(err), err, 0
+		return autoOutcome(err), 0, err
 	case opAutoArgs:
 		_, err := db.ExecContext(ctx, withArg, tok)
-		return autoOutcome(err), err, 0
+		return autoOutcome(err), 0, err
 	case opAutoReturning:
 		var id int64
 		err := db.QueryRowContext(ctx, withArg+" RETURNING id", tok).Scan(&id)
-		return autoOutcome(err), err, 0
+		return autoOutcome(err), 0, err
 	case opTx:
 		tx, err := db.BeginTx(ctx, nil)
 		if err != nil {
-			return outNotApplied, err, 0
+			return outNotApplied, 0, err
 		}
 		q, args := literal, []any(nil)
 		if useArg {
@@ -731,12 +731,12 @@ func runFaultOp(s server, db *sql.DB, tbl string, op faultOp, tok string, useArg
 		}
 		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
 			tx.Rollback()
-			return outNotApplied, err, 0
+			return outNotApplied, 0, err
 		}
 		if err := tx.Commit(); err != nil {
-			return outUnknown, err, 0
+			return outUnknown, 0, err
 		}
-		return outAcked, nil, 0
+		return outAcked, 0, nil
 	case opRunTx:
 		// The workload has no conflicts, so any attempt after the first
 		// is a rerun after a lost connection.
@@ -749,11 +749,11 @@ func runFaultOp(s server, db *sql.DB, tbl string, op faultOp, tok string, useArg
 		})
 		switch {
 		case err == nil:
-			return outAcked, nil, max(0, attempts-1)
+			return outAcked, max(0, attempts-1), nil
 		case committing:
-			return outUnknown, err, max(0, attempts-1)
+			return outUnknown, max(0, attempts-1), err
 		default:
-			return outNotApplied, err, max(0, attempts-1)
+			return outNotApplied, max(0, attempts-1), err
 		}
 	}
 	panic("unknown op")

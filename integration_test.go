@@ -31,14 +31,6 @@ func (s server) driverError(err error) (bool, string) {
 	return ok, "*mysql.MySQLError"
 }
 
-// ph returns the n-th (1-based) placeholder of the server's dialect.
-func (s server) ph(n int) string {
-	if s.PG() {
-		return fmt.Sprintf("$%d", n)
-	}
-	return "?"
-}
-
 // q rewrites $n placeholders for MySQL, so one query text serves both.
 func (s server) q(query string) string {
 	if s.PG() {

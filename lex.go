@@ -111,7 +111,7 @@ func chain(q string) (chains, said bool) {
 	w, rest := firstWord(q)
 	for w != "" {
 		if strings.EqualFold(w, "AND") {
-			w, rest = firstWord(rest)
+			w, _ = firstWord(rest)
 			if strings.EqualFold(w, "NO") {
 				return false, true
 			}

@@ -123,11 +123,7 @@ func checkBaseView(t *testing.T, form sqlconflict.DSNForm, dsn, stripped string)
 	t.Helper()
 	view := pqView
 	switch form {
-	case sqlconflict.DSNPostgresURL:
-		if _, err := pq.ParseURL(stripped); err != nil {
-			t.Errorf("pq.ParseURL(stripped): %v", err)
-		}
-	case sqlconflict.DSNPostgresKV:
+	case sqlconflict.DSNPostgresURL, sqlconflict.DSNPostgresKV:
 		if _, err := pq.NewConnector(stripped); err != nil {
 			t.Errorf("pq.NewConnector(stripped): %v", err)
 		}

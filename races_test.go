@@ -1,7 +1,6 @@
 package sqlconflict
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -395,22 +394,4 @@ func ignoreDeadlock(t *testing.T, s server, db *sql.DB, tbl, logTbl string) (vic
 		t.Fatal("no deadlock happened")
 	}
 	return victim, results[victim].after, results[victim].commit
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger shared by goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

@@ -203,7 +203,7 @@ func TestIntegrationServerRestart(t *testing.T) {
 					}
 					tok := fmt.Sprintf("rs%sw%di%06dx", runID, w, i)
 					op := []faultOp{opAutoLiteral, opAutoArgs, opTx, opRunTx}[(w+i)%4]
-					out, err, n := runFaultOp(s, db, tbl, op, tok, i%2 == 0)
+					out, n, err := runFaultOp(s, db, tbl, op, tok, i%2 == 0)
 					mu.Lock()
 					records = append(records, restartRecord{tok: tok, out: out, err: err, at: time.Now()})
 					reruns += n

@@ -114,7 +114,7 @@ func (r TxRunner) Run(ctx context.Context, db TxBeginner, opts *sql.TxOptions, f
 	var last error   // the last attempt's error that was not the context's
 	var lastCl Class // and its class
 	for attempt := 1; ; attempt++ {
-		hooks, began, err := runOnce(ctx, db, opts, fn, r.RetryUniqueViolation)
+		hooks, began, err := runOnce(ctx, db, opts, fn)
 		if err == nil {
 			for _, f := range hooks {
 				f()
@@ -187,12 +187,12 @@ var ErrTxEnded = fmt.Errorf("sqlconflict: the RunTx function ended the transacti
 // transaction, and whether the transaction began. A panic in fn rolls the
 // transaction back before it goes on up, as net/http's recovery would
 // otherwise leave the connection in the transaction, its locks held.
-func runOnce(ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(context.Context, *sql.Tx) error, retryUnique bool) (_ []func(), began bool, _ error) {
+func runOnce(ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(context.Context, *sql.Tx) error) (_ []func(), began bool, _ error) {
 	tx, err := db.BeginTx(ctx, opts)
 	if err != nil {
 		return nil, false, err
 	}
-	hooks := &commitHooks{retryUnique: retryUnique}
+	hooks := &commitHooks{}
 	defer func() {
 		if p := recover(); p != nil {
 			_ = tx.Rollback()
@@ -216,15 +216,7 @@ type commitHooksKey struct{}
 
 // commitHooks is what RunTx puts in the context of its function.
 type commitHooks struct {
-	fns         []func()
-	retryUnique bool // the transaction reruns on a unique violation
-}
-
-// rerunsOnUniqueViolation reports whether ctx is that of a RunTx function
-// that is rerun after a unique violation.
-func rerunsOnUniqueViolation(ctx context.Context) bool {
-	h, ok := ctx.Value(commitHooksKey{}).(*commitHooks)
-	return ok && h.retryUnique
+	fns []func()
 }
 
 // ErrNotInRunTx is returned by [OnCommit] when its context is not that of a

@@ -170,11 +170,11 @@ func (s server) deadlockParams() []string {
 // The session of run must already hold row 1 of tbl (a deadlockTable). Another
 // transaction locks rows 2 to 10 (the heavier one, which InnoDB spares;
 // on PostgreSQL it also looks for deadlocks last) and waits for row 1; run
-// is then given a statement that waits for row 2. run's error is returned,
-// with a function that ends the other transaction: call it once the
-// victim's transaction is over (PostgreSQL keeps an aborted transaction's
-// locks until then).
-func (s server) victimOfDeadlock(t *testing.T, raw *sql.DB, tbl string, run func(stmt string) error) (error, func()) {
+// is then given a statement that waits for row 2. It returns a function
+// that ends the other transaction, to call once the victim's transaction is
+// over (PostgreSQL keeps an aborted transaction's locks until then), and
+// run's error.
+func (s server) victimOfDeadlock(t *testing.T, raw *sql.DB, tbl string, run func(stmt string) error) (func(), error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	other, err := raw.BeginTx(ctx, nil)
@@ -203,7 +203,7 @@ func (s server) victimOfDeadlock(t *testing.T, raw *sql.DB, tbl string, run func
 		}
 	}
 	t.Cleanup(finish)
-	return err, finish
+	return finish, err
 }
 
 // logRows returns the log table's rows, in order.
@@ -304,7 +304,7 @@ func TestIntegrationUnseenTransactions(t *testing.T) {
 					}
 					mustExecConn(t, conn, ins("b"))
 					mustExecConn(t, conn, "UPDATE "+tbl+" SET v = v + 1 WHERE id = 1")
-					dlErr, finish := s.victimOfDeadlock(t, raw, tbl, func(q string) error {
+					finish, dlErr := s.victimOfDeadlock(t, raw, tbl, func(q string) error {
 						_, err := conn.ExecContext(ctx, q)
 						return err
 					})
@@ -425,7 +425,7 @@ func TestIntegrationDeadlockAtRows(t *testing.T) {
 				defer tx.Rollback()
 				mustExec(t, tx, ins("a"))
 				mustExec(t, tx, "UPDATE "+tbl+" SET v = v + 1 WHERE id = 1")
-				dlErr, finish := s.victimOfDeadlock(t, raw, tbl, func(string) error {
+				finish, dlErr := s.victimOfDeadlock(t, raw, tbl, func(string) error {
 					// Row 1 is this transaction's already; row 2 closes the cycle.
 					return rd(tx, "SELECT id FROM "+tbl+" WHERE id IN (1, 2) ORDER BY id FOR UPDATE")
 				})
@@ -490,7 +490,7 @@ func TestIntegrationDoomEndsWithTheTransaction(t *testing.T) {
 		mustExecConn(t, conn, "BEGIN")
 		mustExecConn(t, conn, "INSERT INTO "+logTbl+" (w) VALUES ('a')")
 		mustExecConn(t, conn, "UPDATE "+tbl+" SET v = v + 1 WHERE id = 1")
-		dlErr, finish := s.victimOfDeadlock(t, raw, tbl, func(q string) error {
+		finish, dlErr := s.victimOfDeadlock(t, raw, tbl, func(q string) error {
 			_, err := conn.ExecContext(ctx, q)
 			return err
 		})

@@ -131,7 +131,8 @@ func (ic *interceptor) exec(ctx context.Context, q string) error {
 	if err == driver.ErrSkip {
 		var st driver.Stmt
 		if st, err = ic.conn.Prepare(q); err == nil {
-			_, err = st.Exec(nil) //nolint:staticcheck // fallback for base conns without ExecerContext
+			//lint:ignore SA1019 fallback for base conns without ExecerContext
+			_, err = st.Exec(nil)
 			st.Close()
 		}
 	}

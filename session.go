@@ -286,7 +286,8 @@ func queryConn(ctx context.Context, conn driver.Conn, q string, f func([]driver.
 		if sq, ok := st.(driver.StmtQueryContext); ok {
 			rows, err = sq.QueryContext(ctx, nil)
 		} else {
-			rows, err = st.Query(nil) //nolint:staticcheck // fallback for statements without StmtQueryContext
+			//lint:ignore SA1019 fallback for statements without StmtQueryContext
+			rows, err = st.Query(nil)
 		}
 	}
 	if err != nil {

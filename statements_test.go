@@ -189,7 +189,7 @@ func TestIntegrationStmtXABranch(t *testing.T) {
 		xid := fmt.Sprintf("'sqlc%s_%t'", runID, wrapped)
 		mustExecConn(t, conn, "XA START "+xid)
 		mustExecConn(t, conn, "UPDATE "+tbl+" SET v = v + 1 WHERE id = 1")
-		dlErr, finish := s.victimOfDeadlock(t, raw, tbl, func(q string) error { return execConn(conn, q) })
+		finish, dlErr := s.victimOfDeadlock(t, raw, tbl, func(q string) error { return execConn(conn, q) })
 		n := retries(rc)
 		endErr := execConn(conn, "XA END "+xid)
 		rbErr := execConn(conn, "XA ROLLBACK "+xid)

@@ -108,9 +108,9 @@ func TestIntegrationPgxFaultHardBound(t *testing.T) {
 }
 
 // faultAsync runs f on a goroutine of its own; the returned function waits
-// for it and returns its error and how long it took. The test's goroutine
+// for it and returns how long it took and its error. The test's goroutine
 // stays free for the fixtures' calls, which may fail t.
-func faultAsync(f func() error) func() (error, time.Duration) {
+func faultAsync(f func() error) func() (time.Duration, error) {
 	start := time.Now()
 	var err error
 	var took time.Duration
@@ -120,7 +120,7 @@ func faultAsync(f func() error) func() (error, time.Duration) {
 		err = f()
 		took = time.Since(start)
 	}()
-	return func() (error, time.Duration) { <-done; return err, took }
+	return func() (time.Duration, error) { <-done; return took, err }
 }
 
 // faultRows counts the rows of tbl whose token is tok, through db.
@@ -184,13 +184,13 @@ func TestIntegrationPgxFaultReadOnlyHosts(t *testing.T) {
 	setRO(true)
 	dsn := fmt.Sprintf("postgres://postgres@127.0.0.1:%d,127.0.0.1:%d/test?sslmode=disable&target_session_attrs=read-write", portStandby, portPrimary)
 
-	ping := func(driver, d string, timeout time.Duration) (error, time.Duration) {
+	ping := func(driver, d string, timeout time.Duration) (time.Duration, error) {
 		db := faultOpen(t, driver, d)
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
 		start := time.Now()
 		err := db.PingContext(ctx)
-		return err, time.Since(start)
+		return time.Since(start), err
 	}
 	checkRO := func(what string, err error) {
 		t.Helper()
@@ -204,12 +204,12 @@ func TestIntegrationPgxFaultReadOnlyHosts(t *testing.T) {
 			t.Errorf("%s: %v classified %+v, want read only, statement, retryable", what, err, cl)
 		}
 	}
-	rawErr, rawTook := ping("pgx", dsn, 5*time.Second)
+	rawTook, rawErr := ping("pgx", dsn, 5*time.Second)
 	t.Logf("raw Ping: %v after %v, class %s", rawErr, rawTook.Round(time.Millisecond), faultClass(rawErr))
-	noRetryErr, noRetryTook := ping(sqlconflictpgx.DriverName, itest.WithParams(dsn, "conflict_retries=0"), 5*time.Second)
+	noRetryTook, noRetryErr := ping(sqlconflictpgx.DriverName, itest.WithParams(dsn, "conflict_retries=0"), 5*time.Second)
 	t.Logf("wrapped Ping, conflict_retries=0: %v after %v, class %s", noRetryErr, noRetryTook.Round(time.Millisecond), faultClass(noRetryErr))
 	checkRO("wrapped Ping, conflict_retries=0", noRetryErr)
-	wrErr, wrTook := ping(sqlconflictpgx.DriverName, dsn, 1500*time.Millisecond)
+	wrTook, wrErr := ping(sqlconflictpgx.DriverName, dsn, 1500*time.Millisecond)
 	t.Logf("wrapped Ping, defaults, 1.5 s context: %v after %v, class %s", wrErr, wrTook.Round(time.Millisecond), faultClass(wrErr))
 	checkRO("wrapped Ping, defaults", wrErr)
 
@@ -229,7 +229,7 @@ func TestIntegrationPgxFaultReadOnlyHosts(t *testing.T) {
 	})
 	time.Sleep(time.Second)
 	setRO(false)
-	err, took := wait()
+	took, err := wait()
 	rows := faultRows(t, admin, tbl, tok)
 	t.Logf("wrapped RunTx: %v after %v, fn ran %d times, %d row(s)", err, took.Round(time.Millisecond), attempts, rows)
 	if err != nil {
@@ -314,7 +314,7 @@ func TestIntegrationPgxFaultRefused(t *testing.T) {
 			})
 			time.Sleep(800 * time.Millisecond)
 			proxy.Normal()
-			err, took := wait()
+			took, err := wait()
 			rows := faultRows(t, direct, tbl, tok)
 			t.Logf("wrapped RunTx: %v after %v, fn ran %d times, %d row(s); proxy accepted %d connections", err, took.Round(time.Millisecond), attempts, rows, proxy.Accepted())
 			if err != nil {
@@ -357,7 +357,7 @@ func TestIntegrationPgxFaultServerDown(t *testing.T) {
 	restartAt := time.Now()
 	inst.Restart(t)
 	upAfter := time.Since(restartAt)
-	err, took := wait()
+	took, err := wait()
 	check := faultOpen(t, "pgx", inst.DSN())
 	rows := faultRows(t, check, tbl, "wrapped")
 	rawRows := faultRows(t, check, tbl, "raw")
