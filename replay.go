@@ -733,6 +733,17 @@ func (ic *interceptor) baseTx(tx driver.Tx) driver.Tx {
 	return tx
 }
 
+// metAgain reports a unique violation that the statement met again after
+// a replay that verified: the conflicting row is committed, and what the
+// application saw before the statement did not depend on it (a blind
+// INSERT). That is the data's answer, not a race's; another replay would
+// get it too, for as long as the retry budget lasts. The application gets
+// its first error, with the transaction aborted by the second, as it was
+// by the first.
+func (c *call) metAgain(cl Class) bool {
+	return c.replayed && cl.Kind == KindUniqueViolation
+}
+
 // replayStmt replays the transaction after a statement's conflict: every
 // entry before it (the statement is not recorded yet, or is the query
 // whose rows failed, the last entry).
@@ -774,8 +785,11 @@ func (ic *interceptor) replayCommit(ctx context.Context, err error) (error, bool
 			return nil, true
 		}
 		err = ic.notSent(err, true)
-		if !replayCures(Classify(err), ic.cfg.Dialect) {
+		if cl := Classify(err); !replayCures(cl, ic.cfg.Dialect) {
 			return err, true
+		} else if c.metAgain(cl) {
+			// A deferred constraint's violation at COMMIT, again.
+			return c.first, true
 		}
 	}
 }

@@ -184,3 +184,73 @@ func TestReplayConflictsAgain(t *testing.T) {
 		})
 	}
 }
+
+// TestReplayUniqueViolationOnce: on PostgreSQL a blind INSERT's unique
+// violation (a committed row; the application read nothing it depends on)
+// is replayed once: the replay verifies, the INSERT meets the violation
+// again, and the application gets its first error at once, not after the
+// whole retry budget of replays. The same at COMMIT (a deferred
+// constraint).
+func TestReplayUniqueViolationOnce(t *testing.T) {
+	t.Run("statement", func(t *testing.T) {
+		var events []Observation
+		o := replayOptions(DialectPostgres)
+		o.Observer = func(ob Observation) { events = append(events, ob) }
+		db, mock := mockDB(t, o)
+		ok := sqlmock.NewResult(0, 1)
+		mock.ExpectBegin()
+		mock.ExpectExec(exact("UPDATE t SET x = 1 WHERE id = 1")).WillReturnResult(ok)
+		mock.ExpectExec(exact("INSERT INTO u VALUES (1)")).WillReturnError(errPGUnique)
+		mock.ExpectRollback()
+		expectSchema(mock, DialectPostgres)
+		mock.ExpectBegin()
+		mock.ExpectExec(exact("UPDATE t SET x = 1 WHERE id = 1")).WillReturnResult(ok)
+		mock.ExpectExec(exact("INSERT INTO u VALUES (1)")).WillReturnError(errPGUnique)
+		mock.ExpectRollback()
+
+		tx, err := db.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec("UPDATE t SET x = 1 WHERE id = 1"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec("INSERT INTO u VALUES (1)"); err != errPGUnique {
+			t.Fatalf("INSERT: %v, want the server's unique violation", err)
+		}
+		if err := tx.Rollback(); err != nil {
+			t.Fatal(err)
+		}
+		if len(events) != 1 || events[0].Event != EventReplay {
+			t.Errorf("events %+v, want the one replay", events)
+		}
+	})
+	t.Run("COMMIT", func(t *testing.T) {
+		var events []Observation
+		o := replayOptions(DialectPostgres)
+		o.Observer = func(ob Observation) { events = append(events, ob) }
+		db, mock := mockDB(t, o)
+		ok := sqlmock.NewResult(0, 1)
+		mock.ExpectBegin()
+		mock.ExpectExec(exact("INSERT INTO u VALUES (1)")).WillReturnResult(ok)
+		mock.ExpectCommit().WillReturnError(errPGUnique)
+		expectSchema(mock, DialectPostgres)
+		mock.ExpectBegin()
+		mock.ExpectExec(exact("INSERT INTO u VALUES (1)")).WillReturnResult(ok)
+		mock.ExpectCommit().WillReturnError(errPGUnique)
+
+		tx, err := db.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec("INSERT INTO u VALUES (1)"); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(); err != errPGUnique {
+			t.Fatalf("Commit: %v, want the server's unique violation", err)
+		}
+		if len(events) != 1 || events[0].Event != EventReplay {
+			t.Errorf("events %+v, want the one replay", events)
+		}
+	})
+}

@@ -207,12 +207,13 @@ func (ic *interceptor) failed(ctx context.Context, c *call, err error, attempt i
 		// locks taken before it, so a deadlock would form again. That
 		// rerun is a verified replay, with conflict_replay.
 		if ic.rp.on {
-			if ic.replayStmt(ctx, c, cl) {
+			if !c.metAgain(cl) && ic.replayStmt(ctx, c, cl) {
 				return true, nil
 			}
 			if c.replayed {
 				err = c.first // the application's error, as without replay
 				cl = ic.scope(ctx, Classify(err))
+				ic.rp.refuse("a replay did not verify")
 			}
 		}
 		ic.stmtFailed(ctx, err, cl)

@@ -59,10 +59,17 @@ func (c queryCall) do(ic *interceptor, ctx context.Context) (driver.Rows, error)
 // query1 runs a query and follows its rows.
 func query1(ic *interceptor, ctx context.Context, q queryCall, hasArgs bool) (context.Context, driver.Rows, error) {
 	c := call{query: q.query, hasArgs: hasArgs, args: q.args, prepared: q.stmt != nil, isQuery: true}
+	s := ic.sock
 	w := ic.sock.watch(ctx) // rows read from the socket until they close
 	rows, err := run(ic, ctx, &c, func(ctx context.Context) (driver.Rows, error) { return q.do(ic, ctx) })
 	if err != nil {
 		return ctx, nil, ic.settle(w, err)
+	}
+	if ic.sock != s {
+		// A replay moved the connection (move.go): the rows come from
+		// the new one's socket.
+		w.done(nil)
+		w = ic.sock.watch(ctx)
 	}
 	rs := &ic.rows
 	if rs.ic != nil {
