@@ -836,3 +836,44 @@ func TestIntegrationReplayKeepsAppSavepoint(t *testing.T) {
 		t.Errorf("replayed: %s", obs)
 	}
 }
+
+// TestIntegrationReplayBlindDuplicate: on PostgreSQL a plain transaction
+// whose INSERT collides with a committed row, having read nothing that
+// depends on it, gets the server's 23505 after one replay, at once (not
+// after conflict_retry_timeout's worth of replays), and its transaction
+// is aborted as raw: the next statement gets 25P02.
+func TestIntegrationReplayBlindDuplicate(t *testing.T) {
+	s, ok := pgServer(t)
+	if !ok {
+		return
+	}
+	raw := s.openRaw(t)
+	tbl := s.table(t, raw, "", "id INT PRIMARY KEY")
+	mustExec(t, raw, "INSERT INTO "+tbl+" (id) VALUES (1)")
+	obs := &replayObs{}
+	db := s.openReplay(t, obs)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	tx := beginWith(t, ctx, db, "INSERT INTO "+tbl+" (id) VALUES (2)")
+	start := time.Now()
+	_, err := tx.ExecContext(ctx, "INSERT INTO "+tbl+" (id) VALUES (1)")
+	took := time.Since(start)
+	_, after := tx.ExecContext(ctx, "SELECT 1")
+	t.Logf("duplicate: %v after %v; next statement: %v; %s", err, took.Round(time.Millisecond), after, obs)
+	if ok, _ := s.driverError(err); !ok || Classify(err).Kind != KindUniqueViolation {
+		t.Errorf("INSERT: %v, want the server's unique violation", err)
+	}
+	if took > time.Second {
+		t.Errorf("the duplicate came back after %v: replayed until the retry budget ran out", took)
+	}
+	if Classify(after).Code != "25P02" {
+		t.Errorf("next statement: %v, want 25P02", after)
+	}
+	if obs.replayed.Load() != 1 {
+		t.Errorf("%s, want one replay", obs)
+	}
+	tx.Rollback()
+	if n := count(t, raw, "SELECT COUNT(*) FROM "+tbl); n != 1 {
+		t.Errorf("%d rows, want the committed one", n)
+	}
+}
