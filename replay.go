@@ -47,6 +47,10 @@ type replayLog struct {
 	checked  bool               // its statements were found fit to be sent again
 	failed   time.Time          // its first replayed conflict: the time budget starts there
 	endBegin context.CancelFunc // ends the context of the replay's BeginTx
+	// changed: in the last replay a statement affected another number of
+	// rows than the first time, which the application had not asked for.
+	changed bool
+	same    int // replays in a row that met the same unique violation, nothing changed (metAgain)
 	h        maphash.Hash
 }
 
@@ -355,6 +359,12 @@ func (ic *interceptor) replay(ctx context.Context, c *call, cl Class, upTo int, 
 		}
 		l.attempts++
 		wait := backoff(l.attempts-1, ic.cfg.Backoff, ic.cfg.MaxBackoff)
+		if cl.Kind == KindUniqueViolation {
+			// Raised only once the conflicting row is committed, which
+			// a replay a moment later sees: short waits, enough to let
+			// a storm's winner of the moment commit (metAgain).
+			wait = min(wait, 4*ic.cfg.Backoff)
+		}
 		if t := ic.cfg.RetryTimeout; t > 0 {
 			wait = min(wait, t-time.Since(l.failed))
 		}
@@ -420,6 +430,7 @@ func (ic *interceptor) dropMoved() {
 // first upTo entries again, comparing each with the record.
 func (ic *interceptor) replayOnce(ctx context.Context, c *call, upTo int, ended bool) error {
 	l := &ic.rp
+	l.changed = false
 	if !ended && l.tx != nil {
 		if err := ic.replayRollback(ctx); err != nil {
 			return &replayDiff{"ROLLBACK: " + err.Error()}
@@ -496,6 +507,13 @@ func (ic *interceptor) resend1(ctx context.Context, e *replayEntry, n int) error
 				if n, err := res.LastInsertId(); (err != nil) != r.idErr || n != r.id {
 					return diff(fmt.Sprintf("LastInsertId %d, the application saw %d", n, r.id))
 				}
+			}
+			if !ic.rp.changed {
+				// Not a difference the application saw, but the world
+				// moved since the first attempt (metAgain).
+				was, werr := r.res.RowsAffected()
+				now, nerr := res.RowsAffected()
+				ic.rp.changed = was != now || (werr != nil) != (nerr != nil)
 			}
 			r.res = res
 		}
@@ -734,15 +752,30 @@ func (ic *interceptor) baseTx(tx driver.Tx) driver.Tx {
 }
 
 // metAgain reports a unique violation that the statement met again after
-// a replay that verified: the conflicting row is committed, and what the
-// application saw before the statement did not depend on it (a blind
-// INSERT). That is the data's answer, not a race's; another replay would
-// get it too, for as long as the retry budget lasts. The application gets
-// its first error, with the transaction aborted by the second, as it was
-// by the first.
-func (c *call) metAgain(cl Class) bool {
-	return c.replayed && cl.Kind == KindUniqueViolation
+// a replay that verified and in which every statement affected the same
+// rows as the first time: the conflicting row was committed before, and
+// nothing the transaction did depends on it (a blind INSERT). That is the
+// data's answer, not a race's; every further replay would get it too, for
+// as long as the retry budget lasts. The application gets its first error,
+// with the transaction aborted by the second, as it was by the first. A
+// replay whose statements found the rows changed (Airflow's DELETE now
+// deleting the winner's row) is a race still being run, and goes on.
+func (ic *interceptor) metAgain(c *call, cl Class) bool {
+	l := &ic.rp
+	if !c.replayed || cl.Kind != KindUniqueViolation || l.changed {
+		l.same = 0
+		return false
+	}
+	l.same++
+	return l.same >= uniqueAgain
 }
+
+// uniqueAgain is how many replays in a row may meet the same unique
+// violation, with nothing changed, before it is taken as the data's
+// answer: in a storm (Airflow's delete-then-insert, two dozen workers on
+// one key) a replay can meet a new winner's row each time while its own
+// statements affect the same rows.
+const uniqueAgain = 12
 
 // replayStmt replays the transaction after a statement's conflict: every
 // entry before it (the statement is not recorded yet, or is the query
@@ -787,7 +820,7 @@ func (ic *interceptor) replayCommit(ctx context.Context, err error) (error, bool
 		err = ic.notSent(err, true)
 		if cl := Classify(err); !replayCures(cl, ic.cfg.Dialect) {
 			return err, true
-		} else if c.metAgain(cl) {
+		} else if ic.metAgain(&c, cl) {
 			// A deferred constraint's violation at COMMIT, again.
 			return c.first, true
 		}

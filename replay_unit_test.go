@@ -185,13 +185,12 @@ func TestReplayConflictsAgain(t *testing.T) {
 	}
 }
 
-// TestReplayUniqueViolationOnce: on PostgreSQL a blind INSERT's unique
-// violation (a committed row; the application read nothing it depends on)
-// is replayed once: the replay verifies, the INSERT meets the violation
-// again, and the application gets its first error at once, not after the
-// whole retry budget of replays. The same at COMMIT (a deferred
-// constraint).
-func TestReplayUniqueViolationOnce(t *testing.T) {
+// TestReplayUniqueViolationAgain: on PostgreSQL a blind INSERT's unique
+// violation (a committed row; the replayed statements affect the same rows
+// each time) is replayed uniqueAgain times, then the application gets its
+// first error, not after the whole retry budget of replays. The same at
+// COMMIT (a deferred constraint).
+func TestReplayUniqueViolationAgain(t *testing.T) {
 	t.Run("statement", func(t *testing.T) {
 		var events []Observation
 		o := replayOptions(DialectPostgres)
@@ -201,11 +200,15 @@ func TestReplayUniqueViolationOnce(t *testing.T) {
 		mock.ExpectBegin()
 		mock.ExpectExec(exact("UPDATE t SET x = 1 WHERE id = 1")).WillReturnResult(ok)
 		mock.ExpectExec(exact("INSERT INTO u VALUES (1)")).WillReturnError(errPGUnique)
-		mock.ExpectRollback()
-		expectSchema(mock, DialectPostgres)
-		mock.ExpectBegin()
-		mock.ExpectExec(exact("UPDATE t SET x = 1 WHERE id = 1")).WillReturnResult(ok)
-		mock.ExpectExec(exact("INSERT INTO u VALUES (1)")).WillReturnError(errPGUnique)
+		for i := range uniqueAgain {
+			mock.ExpectRollback()
+			if i == 0 {
+				expectSchema(mock, DialectPostgres)
+			}
+			mock.ExpectBegin()
+			mock.ExpectExec(exact("UPDATE t SET x = 1 WHERE id = 1")).WillReturnResult(ok)
+			mock.ExpectExec(exact("INSERT INTO u VALUES (1)")).WillReturnError(errPGUnique)
+		}
 		mock.ExpectRollback()
 
 		tx, err := db.Begin()
@@ -221,8 +224,8 @@ func TestReplayUniqueViolationOnce(t *testing.T) {
 		if err := tx.Rollback(); err != nil {
 			t.Fatal(err)
 		}
-		if len(events) != 1 || events[0].Event != EventReplay {
-			t.Errorf("events %+v, want the one replay", events)
+		if len(events) != uniqueAgain || events[0].Event != EventReplay {
+			t.Errorf("%d events %+v, want %d replays", len(events), events, uniqueAgain)
 		}
 	})
 	t.Run("COMMIT", func(t *testing.T) {
@@ -235,9 +238,11 @@ func TestReplayUniqueViolationOnce(t *testing.T) {
 		mock.ExpectExec(exact("INSERT INTO u VALUES (1)")).WillReturnResult(ok)
 		mock.ExpectCommit().WillReturnError(errPGUnique)
 		expectSchema(mock, DialectPostgres)
-		mock.ExpectBegin()
-		mock.ExpectExec(exact("INSERT INTO u VALUES (1)")).WillReturnResult(ok)
-		mock.ExpectCommit().WillReturnError(errPGUnique)
+		for range uniqueAgain {
+			mock.ExpectBegin()
+			mock.ExpectExec(exact("INSERT INTO u VALUES (1)")).WillReturnResult(ok)
+			mock.ExpectCommit().WillReturnError(errPGUnique)
+		}
 
 		tx, err := db.Begin()
 		if err != nil {
@@ -249,8 +254,8 @@ func TestReplayUniqueViolationOnce(t *testing.T) {
 		if err := tx.Commit(); err != errPGUnique {
 			t.Fatalf("Commit: %v, want the server's unique violation", err)
 		}
-		if len(events) != 1 || events[0].Event != EventReplay {
-			t.Errorf("events %+v, want the one replay", events)
+		if len(events) != uniqueAgain || events[0].Event != EventReplay {
+			t.Errorf("%d events %+v, want %d replays", len(events), events, uniqueAgain)
 		}
 	})
 }

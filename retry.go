@@ -207,7 +207,7 @@ func (ic *interceptor) failed(ctx context.Context, c *call, err error, attempt i
 		// locks taken before it, so a deadlock would form again. That
 		// rerun is a verified replay, with conflict_replay.
 		if ic.rp.on {
-			if !c.metAgain(cl) && ic.replayStmt(ctx, c, cl) {
+			if !ic.metAgain(c, cl) && ic.replayStmt(ctx, c, cl) {
 				return true, nil
 			}
 			if c.replayed {
