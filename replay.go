@@ -51,7 +51,7 @@ type replayLog struct {
 	// rows than the first time, which the application had not asked for.
 	changed bool
 	same    int // replays in a row that met the same unique violation, nothing changed (metAgain)
-	h        maphash.Hash
+	h       maphash.Hash
 }
 
 // replayEntry is one statement sent in the transaction.
