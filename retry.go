@@ -213,7 +213,7 @@ func (ic *interceptor) failed(ctx context.Context, c *call, err error, attempt i
 			if c.replayed {
 				err = c.first // the application's error, as without replay
 				cl = ic.scope(ctx, Classify(err))
-				ic.rp.refuse("a replay did not verify")
+				ic.rp.refuse("the statement failed again after a replay")
 			}
 		}
 		ic.stmtFailed(ctx, err, cl)
