@@ -296,7 +296,7 @@ func (ic *interceptor) wrap(err error) error {
 // ConnBeginTx implements sqlmw.Interceptor.
 func (ic *interceptor) ConnBeginTx(ctx context.Context, conn driver.ConnBeginTx, opts driver.TxOptions) (context.Context, driver.Tx, error) {
 	w := ic.sock.watch(ctx)
-	tx, err := ic.beginner(conn).BeginTx(ctx, opts)
+	tx, err := current(ic, conn).BeginTx(ctx, opts)
 	if err = ic.settle(w, err); err != nil {
 		// A standby refuses lib/pq's BEGIN READ WRITE: the next attempt
 		// must find the primary on a new connection.
@@ -418,7 +418,7 @@ func (ic *interceptor) ConnPrepareContext(ctx context.Context, conn driver.ConnP
 		}
 	}
 	w := ic.sock.watch(ctx)
-	conn = ic.preparer(conn)
+	conn = current(ic, conn)
 	st, err := conn.PrepareContext(ctx, query)
 	if err = ic.settle(w, err); err != nil {
 		if ic.rp.on {
@@ -443,7 +443,7 @@ func (ic *interceptor) ConnExecContext(ctx context.Context, conn driver.ExecerCo
 	w := ic.sock.watch(ctx)
 	c.args = args
 	res, err := run(ic, ctx, &c, func(ctx context.Context) (driver.Result, error) {
-		return ic.execer(conn).ExecContext(ctx, query, args)
+		return current(ic, conn).ExecContext(ctx, query, args)
 	})
 	if c.rec > 0 {
 		res = ic.rp.result(res, c.rec)

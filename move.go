@@ -161,40 +161,13 @@ func (ic *interceptor) ConnPing(ctx context.Context, p driver.Pinger) error {
 	return p.Ping(ctx)
 }
 
-// execer, queryer, preparer and beginner return what a hook is to call in
-// place of the base connection sqlmw handed it: that one until the
-// connection moved, then the new one.
-func (ic *interceptor) execer(c driver.ExecerContext) driver.ExecerContext {
+// current returns what a hook is to call in place of c, the base
+// connection (as an ExecerContext, QueryerContext, ...) that sqlmw handed
+// it: c until the connection moved, then the new base connection.
+func current[T any](ic *interceptor, c T) T {
 	if ic.moved != nil {
-		if e, ok := ic.conn.(driver.ExecerContext); ok {
-			return e
-		}
-	}
-	return c
-}
-
-func (ic *interceptor) queryer(c driver.QueryerContext) driver.QueryerContext {
-	if ic.moved != nil {
-		if q, ok := ic.conn.(driver.QueryerContext); ok {
-			return q
-		}
-	}
-	return c
-}
-
-func (ic *interceptor) preparer(c driver.ConnPrepareContext) driver.ConnPrepareContext {
-	if ic.moved != nil {
-		if p, ok := ic.conn.(driver.ConnPrepareContext); ok {
-			return p
-		}
-	}
-	return c
-}
-
-func (ic *interceptor) beginner(c driver.ConnBeginTx) driver.ConnBeginTx {
-	if ic.moved != nil {
-		if b, ok := ic.conn.(driver.ConnBeginTx); ok {
-			return b
+		if n, ok := any(ic.conn).(T); ok {
+			return n
 		}
 	}
 	return c

@@ -834,7 +834,7 @@ func (ic *interceptor) replayPrepare(ctx context.Context, conn driver.ConnPrepar
 	c := call{query: query, first: err}
 	for ic.replay(ctx, &c, Classify(err), len(ic.rp.entries), 0, false) {
 		w := ic.sock.watch(ctx)
-		st, perr := ic.preparer(conn).PrepareContext(ctx, query)
+		st, perr := current(ic, conn).PrepareContext(ctx, query)
 		if perr = ic.settle(w, perr); perr == nil {
 			return st, nil
 		}

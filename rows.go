@@ -53,7 +53,7 @@ func (c queryCall) do(ic *interceptor, ctx context.Context) (driver.Rows, error)
 	case c.stmt != nil:
 		return c.stmt.QueryContext(ctx, c.args)
 	}
-	return ic.queryer(c.conn).QueryContext(ctx, c.query, c.args)
+	return current(ic, c.conn).QueryContext(ctx, c.query, c.args)
 }
 
 // query1 runs a query and follows its rows.
