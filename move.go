@@ -51,6 +51,36 @@ func (ic *interceptor) touches(c *call) bool {
 	return true
 }
 
+// sessionFunctions answer from the session's own history (the last id it
+// inserted, its sequence values, its id): on a fresh connection they would
+// answer otherwise, in a write the application never sees.
+var sessionFunctions = []string{"last_insert_id", "lastval", "currval", "found_rows", "row_count", "connection_id", "pg_backend_pid"}
+
+// sessionDependent reports whether q calls one of sessionFunctions (or
+// names one: the test errs toward refusing).
+func sessionDependent(q string) bool {
+	for _, f := range sessionFunctions {
+		if containsFold(q, f) {
+			return true
+		}
+	}
+	return false
+}
+
+// dependsOnSession reports whether the failing statement q or a statement
+// recorded in the transaction depends on the lost session's history.
+func (l *replayLog) dependsOnSession(q string) bool {
+	if sessionDependent(q) {
+		return true
+	}
+	for i := range l.entries {
+		if sessionDependent(l.entries[i].query) {
+			return true
+		}
+	}
+	return false
+}
+
 // noteSession marks the session as changed by c, if it may be (touches).
 // It costs a scan of each statement's text while conflict_replay is on and
 // the session is untouched.

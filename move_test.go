@@ -162,3 +162,52 @@ func waitGone(t *testing.T, s server, raw *sql.DB, id int64) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestIntegrationReplayLostConnectionSessionHistory: a transaction that
+// reads the session's own history (MySQL's LAST_INSERT_ID(), PostgreSQL's
+// lastval() of an insert made before it, in autocommit) is not replayed on
+// a new connection, where that history is empty: its write would silently
+// take another value. The loss reaches the application, and nothing of the
+// transaction commits.
+func TestIntegrationReplayLostConnectionSessionHistory(t *testing.T) {
+	eachServer(t, func(t *testing.T, s server) {
+		raw := s.openRaw(t)
+		target, dsnVia := s.viaProxy(t)
+		idCol, last := "id SERIAL PRIMARY KEY", "lastval()"
+		if !s.PG() {
+			idCol, last = "id INT AUTO_INCREMENT PRIMARY KEY", "LAST_INSERT_ID()"
+		}
+		parent := s.table(t, raw, "_p", idCol+", v INT")
+		child := s.table(t, raw, "_c", "parent INT NOT NULL")
+		proxy := itest.NewProxy(t, target)
+		via := s
+		via.DSN = dsnVia(proxy.Addr())
+		obs := &replayObs{}
+		db := via.openReplay(t, obs)
+		db.SetMaxOpenConns(1)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		mustExec(t, db, "INSERT INTO "+parent+" (v) VALUES (1)") // autocommit: the session's last id
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback()
+		mustExec(t, tx, "INSERT INTO "+child+" (parent) VALUES ("+last+")")
+		proxy.CutAll()
+		_, err = tx.ExecContext(ctx, "INSERT INTO "+child+" (parent) VALUES (0)")
+		if err == nil {
+			err = tx.Commit()
+		}
+		t.Logf("%v; %s", err, obs)
+		if err == nil {
+			t.Error("committed after the loss: replayed on a session without the insert's id")
+		}
+		if obs.replayed.Load() != 0 || obs.failed.Load() != 1 {
+			t.Errorf("%s, want the replay refused", obs)
+		}
+		if n := count(t, raw, "SELECT COUNT(*) FROM "+child); n != 0 {
+			t.Errorf("%d child rows committed", n)
+		}
+	})
+}

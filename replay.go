@@ -336,6 +336,8 @@ func (ic *interceptor) replay(ctx context.Context, c *call, cl Class, upTo int, 
 		l.refuse("the connection was lost while rows were read")
 	case lost && ic.sess.touched:
 		l.refuse("the session was changed in a way a new connection would not repeat")
+	case lost && l.dependsOnSession(c.query):
+		l.refuse("a statement reads the session's own history (LAST_INSERT_ID, currval, ...), which a new connection lacks")
 	case !lost && ic.cfg.Dialect == DialectPostgres && l.appSavepoint():
 		// The error aborted only what followed the application's
 		// savepoint, which ROLLBACK TO undoes: the application handles
