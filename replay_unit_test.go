@@ -1,10 +1,21 @@
 package sqlconflict
 
 import (
+	"database/sql"
 	"testing"
 
 	sqlmock "github.com/DATA-DOG/go-sqlmock"
 )
+
+// observedMockDB is mockDB with replayOptions(d), and the events its
+// Observer saw.
+func observedMockDB(t *testing.T, d Dialect) (*sql.DB, sqlmock.Sqlmock, *[]Observation) {
+	var events []Observation
+	o := replayOptions(d)
+	o.Observer = func(ob Observation) { events = append(events, ob) }
+	db, mock := mockDB(t, o)
+	return db, mock, &events
+}
 
 // replayOptions are fastOptions without savepoints, with replay on.
 func replayOptions(d Dialect) Options {
@@ -146,10 +157,7 @@ func TestReplayAtClose(t *testing.T) {
 func TestReplayConflictsAgain(t *testing.T) {
 	for _, d := range []Dialect{DialectPostgres, DialectMySQL} {
 		t.Run(d.String(), func(t *testing.T) {
-			var events []Observation
-			o := replayOptions(d)
-			o.Observer = func(ob Observation) { events = append(events, ob) }
-			db, mock := mockDB(t, o)
+			db, mock, ev := observedMockDB(t, d)
 			deadlock := map[Dialect]error{DialectPostgres: errPGDeadlock, DialectMySQL: errMyDeadlock}[d]
 			ok := sqlmock.NewResult(0, 1)
 			mock.ExpectBegin()
@@ -178,8 +186,8 @@ func TestReplayConflictsAgain(t *testing.T) {
 			if err := tx.Commit(); err != nil {
 				t.Fatal(err)
 			}
-			if len(events) != 1 || events[0].Event != EventReplay || events[0].Attempt != 2 || events[0].Statements != 1 {
-				t.Errorf("events %+v, want one EventReplay of attempt 2 with 1 statement", events)
+			if len(*ev) != 1 || (*ev)[0].Event != EventReplay || (*ev)[0].Attempt != 2 || (*ev)[0].Statements != 1 {
+				t.Errorf("events %+v, want one EventReplay of attempt 2 with 1 statement", (*ev))
 			}
 		})
 	}
@@ -192,10 +200,7 @@ func TestReplayConflictsAgain(t *testing.T) {
 // COMMIT (a deferred constraint).
 func TestReplayUniqueViolationAgain(t *testing.T) {
 	t.Run("statement", func(t *testing.T) {
-		var events []Observation
-		o := replayOptions(DialectPostgres)
-		o.Observer = func(ob Observation) { events = append(events, ob) }
-		db, mock := mockDB(t, o)
+		db, mock, ev := observedMockDB(t, DialectPostgres)
 		ok := sqlmock.NewResult(0, 1)
 		mock.ExpectBegin()
 		mock.ExpectExec(exact("UPDATE t SET x = 1 WHERE id = 1")).WillReturnResult(ok)
@@ -224,15 +229,12 @@ func TestReplayUniqueViolationAgain(t *testing.T) {
 		if err := tx.Rollback(); err != nil {
 			t.Fatal(err)
 		}
-		if len(events) != uniqueAgain || events[0].Event != EventReplay {
-			t.Errorf("%d events %+v, want %d replays", len(events), events, uniqueAgain)
+		if len(*ev) != uniqueAgain || (*ev)[0].Event != EventReplay {
+			t.Errorf("%d events %+v, want %d replays", len(*ev), (*ev), uniqueAgain)
 		}
 	})
 	t.Run("COMMIT", func(t *testing.T) {
-		var events []Observation
-		o := replayOptions(DialectPostgres)
-		o.Observer = func(ob Observation) { events = append(events, ob) }
-		db, mock := mockDB(t, o)
+		db, mock, ev := observedMockDB(t, DialectPostgres)
 		ok := sqlmock.NewResult(0, 1)
 		mock.ExpectBegin()
 		mock.ExpectExec(exact("INSERT INTO u VALUES (1)")).WillReturnResult(ok)
@@ -254,8 +256,8 @@ func TestReplayUniqueViolationAgain(t *testing.T) {
 		if err := tx.Commit(); err != errPGUnique {
 			t.Fatalf("Commit: %v, want the server's unique violation", err)
 		}
-		if len(events) != uniqueAgain || events[0].Event != EventReplay {
-			t.Errorf("%d events %+v, want %d replays", len(events), events, uniqueAgain)
+		if len(*ev) != uniqueAgain || (*ev)[0].Event != EventReplay {
+			t.Errorf("%d events %+v, want %d replays", len(*ev), (*ev), uniqueAgain)
 		}
 	})
 }
