@@ -190,8 +190,8 @@ func cancelDuringBackoff(t *testing.T, s server, inTx bool) {
 	if inTx {
 		params = append(params, "conflict_savepoints=writes")
 	}
-	db := s.openObservedDSN(t, s.DSNWith(params...), func(o Observation) {
-		obs.observe(o)
+	db := s.openObservedDSN(t, s.DSNWith(params...), func(ctx context.Context, o Observation) {
+		obs.observe(ctx, o)
 		if o.Event == EventRetry {
 			select {
 			case retried <- o:

@@ -74,6 +74,11 @@ func (k Kind) String() string {
 	return "Kind(" + strconv.Itoa(int(k)) + ")"
 }
 
+// Name returns the kind's stable snake_case name, fit for a metric label
+// or a span attribute: String with '_' for each space, such as
+// "unique_violation".
+func (k Kind) Name() string { return strings.ReplaceAll(k.String(), " ", "_") }
+
 // Scope says how much work the server undid, which decides what, if
 // anything, can be retried.
 type Scope int
@@ -108,6 +113,10 @@ func (s Scope) String() string {
 	}
 	return "Scope(" + strconv.Itoa(int(s)) + ")"
 }
+
+// Name returns the scope's stable snake_case name: "none", "statement",
+// "transaction" or "unknown_outcome".
+func (s Scope) Name() string { return strings.ReplaceAll(s.String(), " ", "_") }
 
 // Dialect is the database family an error came from; scopes differ between
 // them (a deadlock undoes a statement on PostgreSQL, a transaction on InnoDB).

@@ -273,13 +273,13 @@ func (ic *interceptor) guards() bool { return ic.cfg.Dialect != DialectPostgres 
 // doom records that err ended the transaction on the server. Later statements
 // and Commit fail without reaching it: MySQL 8 would run them in autocommit and
 // MariaDB in a fresh transaction, committing half a unit of work.
-func (ic *interceptor) doom(err error, cl Class) {
+func (ic *interceptor) doom(ctx context.Context, err error, cl Class) {
 	if ic.tx.doomed != nil {
 		return
 	}
 	ic.tx.active = true // a transaction the server saw, even if the wrapper had not
 	ic.tx.doomed = err
-	ic.event(EventTxDoomed, cl, 0)
+	ic.event(ctx, Observation{Event: EventTxDoomed, Class: cl})
 }
 
 func (ic *interceptor) aborted() error {
@@ -295,6 +295,9 @@ func (ic *interceptor) wrap(err error) error {
 
 // ConnBeginTx implements sqlmw.Interceptor.
 func (ic *interceptor) ConnBeginTx(ctx context.Context, conn driver.ConnBeginTx, opts driver.TxOptions) (context.Context, driver.Tx, error) {
+	if r, ok := ctx.Value(runObsKey{}).(*runObs); ok {
+		r.obs, r.log = ic.cfg.Observer, ic.cfg.logger() // for RunTx's reruns
+	}
 	w := ic.sock.watch(ctx)
 	tx, err := current(ic, conn).BeginTx(ctx, opts)
 	if err = ic.settle(w, err); err != nil {

@@ -53,7 +53,7 @@ func ExampleNewConnector() {
 	opts := sqlconflict.DefaultOptions()
 	opts.Dialect = sqlconflict.DialectPostgres
 	opts.Logger = slog.New(slog.DiscardHandler)
-	opts.Observer = func(o sqlconflict.Observation) {
+	opts.Observer = func(_ context.Context, o sqlconflict.Observation) {
 		fmt.Printf("%s after %s (attempt %d)\n", o.Event, o.Class.Kind, o.Attempt)
 	}
 	connector, err := sqlconflict.NewConnector(base, opts)

@@ -378,7 +378,7 @@ func (s server) viaProxy(t testing.TB) (target string, dsnVia func(addr string) 
 
 // openObservedDSN opens dsn with the wrapped driver of s and obs as
 // Options.Observer.
-func (s server) openObservedDSN(t testing.TB, dsn string, obs func(Observation)) *sql.DB {
+func (s server) openObservedDSN(t testing.TB, dsn string, obs Observer) *sql.DB {
 	t.Helper()
 	reg, err := sql.Open(s.Driver, "")
 	if err != nil {
@@ -409,7 +409,7 @@ type lossCounter struct {
 	lost                 []Class
 }
 
-func (c *lossCounter) observe(o Observation) {
+func (c *lossCounter) observe(_ context.Context, o Observation) {
 	if o.Event != EventRetry {
 		return
 	}

@@ -54,7 +54,7 @@ func openGalera(t *testing.T) *galera {
 
 // openObserved opens the wrapped driver on every node with obs as
 // Options.Observer and otherwise the defaults.
-func (g *galera) openObserved(t *testing.T, obs func(Observation)) []*sql.DB {
+func (g *galera) openObserved(t *testing.T, obs Observer) []*sql.DB {
 	t.Helper()
 	dbs := make([]*sql.DB, len(g.dbs))
 	for i := range dbs {
@@ -442,7 +442,7 @@ func TestIntegrationGaleraAutocommitIncrements(t *testing.T) {
 	g := openGalera(t)
 	var retries, maxAttempt atomic.Int64
 	var retried errTally
-	dbs := g.openObserved(t, func(o Observation) {
+	dbs := g.openObserved(t, func(_ context.Context, o Observation) {
 		if o.Event == EventRetry {
 			retries.Add(1)
 			for m := maxAttempt.Load(); int64(o.Attempt) > m && !maxAttempt.CompareAndSwap(m, int64(o.Attempt)); m = maxAttempt.Load() {
@@ -597,7 +597,7 @@ func galeraFault(t *testing.T, g *galera, target int, fault func(phase func(stri
 	healthy := (target + 1) % 3
 	tbl := g.table(t, healthy, "", "id BIGINT AUTO_INCREMENT PRIMARY KEY, token VARCHAR(64) NOT NULL")
 	var retries atomic.Int64
-	db := g.openObserved(t, func(o Observation) {
+	db := g.openObserved(t, func(_ context.Context, o Observation) {
 		if o.Event == EventRetry {
 			retries.Add(1)
 		}

@@ -160,11 +160,14 @@ type Options struct {
 	ReplayBytes      int
 	Logger           *slog.Logger // nil means slog.Default(); not a DSN option
 
-	// Observer, when set, is told of every retry, savepoint rollback and
-	// doomed transaction, synchronously, on the goroutine using the
-	// connection: it must be quick and must not use the database. Not a DSN
-	// option. See docs/reliability.md for exporting the events as metrics.
-	Observer func(Observation)
+	// Observer, when set, is told of every retry, savepoint rollback,
+	// doomed transaction, replay and settled commit, synchronously, on the
+	// goroutine using the connection, with the caller's context: it must be
+	// quick and must not use the database. RunTx reports its reruns of a
+	// transaction begun on the connection to it too. Not a DSN option;
+	// nil, the default, reports nothing. See docs/reliability.md for
+	// exporting the events as metrics, and the otel module.
+	Observer Observer
 	// Dialect selects the SQL the wrapper sends itself; zero means detect it
 	// from the base driver's package. Not a DSN option.
 	Dialect Dialect

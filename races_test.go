@@ -60,7 +60,7 @@ func noFailures(t *testing.T, errs []error) {
 // retryCounter is an Options.Observer counting retries.
 type retryCounter struct{ retries, doomed atomic.Int64 }
 
-func (c *retryCounter) observe(o Observation) {
+func (c *retryCounter) observe(_ context.Context, o Observation) {
 	switch o.Event {
 	case EventRetry:
 		c.retries.Add(1)

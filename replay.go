@@ -51,6 +51,7 @@ type replayLog struct {
 	// rows than the first time, which the application had not asked for.
 	changed bool
 	same    int // replays in a row that met the same unique violation, nothing changed (metAgain)
+	wait    time.Duration // the backoff before the last replay, for the Observer
 	h       maphash.Hash
 }
 
@@ -322,7 +323,7 @@ func (ic *interceptor) replay(ctx context.Context, c *call, cl Class, upTo int, 
 		return false
 	}
 	if l.why != "" {
-		ic.replayEvent(EventReplayFailed, cl, l.attempts+1, 0, l.why)
+		ic.replayEvent(ctx, EventReplayFailed, cl, l.attempts+1, 0, l.why)
 		return false
 	}
 	switch {
@@ -346,7 +347,7 @@ func (ic *interceptor) replay(ctx context.Context, c *call, cl Class, upTo int, 
 		l.refuse("the application's savepoint can undo the error")
 	}
 	if l.why != "" {
-		ic.replayEvent(EventReplayFailed, cl, l.attempts+1, 0, l.why)
+		ic.replayEvent(ctx, EventReplayFailed, cl, l.attempts+1, 0, l.why)
 		return false
 	}
 	if l.failed.IsZero() {
@@ -355,7 +356,7 @@ func (ic *interceptor) replay(ctx context.Context, c *call, cl Class, upTo int, 
 	moved := false // to a new connection, in this replay
 	for {
 		if l.attempts >= ic.cfg.Retries || ic.cfg.RetryTimeout > 0 && time.Since(l.failed) >= ic.cfg.RetryTimeout {
-			ic.replayEvent(EventReplayFailed, cl, l.attempts+1, 0, "attempts or time spent (conflict_retries, conflict_retry_timeout)")
+			ic.replayEvent(ctx, EventReplayFailed, cl, l.attempts+1, 0, "attempts or time spent (conflict_retries, conflict_retry_timeout)")
 			ic.replayGiveUp(ctx, end, moved)
 			return false
 		}
@@ -370,8 +371,9 @@ func (ic *interceptor) replay(ctx context.Context, c *call, cl Class, upTo int, 
 		if t := ic.cfg.RetryTimeout; t > 0 {
 			wait = min(wait, t-time.Since(l.failed))
 		}
+		l.wait = wait
 		if sleep(ctx, wait) != nil {
-			ic.replayEvent(EventReplayFailed, cl, l.attempts, 0, "the context ended")
+			ic.replayEvent(ctx, EventReplayFailed, cl, l.attempts, 0, "the context ended")
 			ic.replayGiveUp(ctx, end, moved)
 			return false
 		}
@@ -395,7 +397,7 @@ func (ic *interceptor) replay(ctx context.Context, c *call, cl Class, upTo int, 
 			if openRows == 0 {
 				// Otherwise once the open query's rows are checked too
 				// (rows.go, replayed).
-				ic.replayEvent(EventReplay, cl, l.attempts, upTo, "")
+				ic.replayEvent(ctx, EventReplay, cl, l.attempts, upTo, "")
 			}
 			c.replayed = true
 			return true
@@ -406,7 +408,7 @@ func (ic *interceptor) replay(ctx context.Context, c *call, cl Class, upTo int, 
 				continue // the replay met a conflict of its own, or lost its connection: once more
 			}
 		}
-		ic.replayEvent(EventReplayFailed, cl, l.attempts, upTo, err.Error())
+		ic.replayEvent(ctx, EventReplayFailed, cl, l.attempts, upTo, err.Error())
 		if moved {
 			ic.dropMoved()
 		} else {

@@ -46,7 +46,7 @@ type latencyTx struct {
 // again included (the events count only those that verified or gave up).
 type latencyObs struct{ replays, failed, other, attempt atomic.Int64 }
 
-func (o *latencyObs) observe(ob Observation) {
+func (o *latencyObs) observe(_ context.Context, ob Observation) {
 	switch ob.Event {
 	case EventReplay:
 		o.replays.Add(1)

@@ -25,7 +25,7 @@ type replayObs struct {
 	reasons          map[string]int
 }
 
-func (o *replayObs) observe(ob Observation) {
+func (o *replayObs) observe(_ context.Context, ob Observation) {
 	switch ob.Event {
 	case EventReplay:
 		o.replayed.Add(1)

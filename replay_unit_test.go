@@ -1,6 +1,7 @@
 package sqlconflict
 
 import (
+	"context"
 	"database/sql"
 	"testing"
 
@@ -12,7 +13,7 @@ import (
 func observedMockDB(t *testing.T, d Dialect) (*sql.DB, sqlmock.Sqlmock, *[]Observation) {
 	var events []Observation
 	o := replayOptions(d)
-	o.Observer = func(ob Observation) { events = append(events, ob) }
+	o.Observer = func(_ context.Context, ob Observation) { events = append(events, ob) }
 	db, mock := mockDB(t, o)
 	return db, mock, &events
 }

@@ -219,11 +219,11 @@ func (ic *interceptor) failed(ctx context.Context, c *call, err error, attempt i
 		ic.stmtFailed(ctx, err, cl)
 		return false, ic.wrap(err)
 	}
-	ic.event(EventRetry, cl, attempt+2)
 	wait := backoff(attempt, ic.cfg.Backoff, ic.cfg.MaxBackoff)
 	if t := ic.cfg.RetryTimeout; t > 0 {
 		wait = min(wait, t-time.Since(c.failed))
 	}
+	ic.event(ctx, Observation{Event: EventRetry, Class: cl, Attempt: attempt + 2, Wait: wait, Elapsed: time.Since(c.failed)})
 	if sleep(ctx, wait) != nil {
 		// The context ended before the retry: the call returns what the
 		// last attempt got, the driver's own error. That attempt had no
@@ -310,7 +310,7 @@ func (ic *interceptor) txFailed(ctx context.Context, err error, cl Class) {
 			ic.tx.failed = true
 		}
 	case cl.Scope == ScopeTransaction || cl.Scope == ScopeUnknownOutcome:
-		ic.doom(err, cl)
+		ic.doom(ctx, err, cl)
 	}
 	ic.onConflict(ctx, cl)
 }

@@ -48,7 +48,7 @@ func TestAutocommitRetry(t *testing.T) {
 			opts := fastOptions(DialectUnknown)
 			opts.Retries = tc.retries
 			var retries atomic.Int32
-			opts.Observer = func(o Observation) {
+			opts.Observer = func(_ context.Context, o Observation) {
 				if o.Event == EventRetry {
 					retries.Add(1)
 				}

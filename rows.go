@@ -115,7 +115,7 @@ func (rs *rowsState) next(ctx context.Context, dest []driver.Value) error {
 				if err = rs.verify(dest); err != nil && errors.As(err, new(*replayDiff)) {
 					return rs.replayFailed(ctx, err)
 				} else if err == nil {
-					rs.replayed()
+					rs.replayed(ctx)
 				}
 			}
 		}
@@ -306,8 +306,8 @@ func (rs *rowsState) verify(dest []driver.Value) error {
 }
 
 // replayed reports the replay whose open query's rows checked out.
-func (rs *rowsState) replayed() {
-	rs.ic.replayEvent(EventReplay, Classify(rs.c.first), rs.ic.rp.attempts, rs.c.rec-1, "")
+func (rs *rowsState) replayed(ctx context.Context) {
+	rs.ic.replayEvent(ctx, EventReplay, Classify(rs.c.first), rs.ic.rp.attempts, rs.c.rec-1, "")
 }
 
 // replayFailed ends the rows after a replay that did not verify, with the
@@ -316,7 +316,7 @@ func (rs *rowsState) replayFailed(ctx context.Context, diff error) error {
 	ic := rs.ic
 	_ = rs.closeRows()
 	rs.done = true
-	ic.replayEvent(EventReplayFailed, Classify(rs.c.first), ic.rp.attempts, rs.c.rec-1, diff.Error())
+	ic.replayEvent(ctx, EventReplayFailed, Classify(rs.c.first), ic.rp.attempts, rs.c.rec-1, diff.Error())
 	ic.replayUndo(ctx, rs.c.first, false)
 	err := rs.c.first
 	ic.stmtFailed(ctx, err, ic.scope(ctx, Classify(err)))
@@ -350,7 +350,7 @@ func (rs *rowsState) replayClose(ctx context.Context, err error) error {
 			err = verr
 			continue
 		}
-		rs.replayed()
+		rs.replayed(ctx)
 		if err = rs.closeRows(); err == nil {
 			return nil
 		}

@@ -32,6 +32,12 @@ type TxRunner struct {
 	// Right for get-or-create written as select-then-insert: the rerun sees
 	// the winner's row. Wrong where the duplicate is a real user error.
 	RetryUniqueViolation bool
+	// Observer, when set, is told of each rerun (EventRerun) before its
+	// wait. Nil means the Observer of the sqlconflict connection the
+	// failed attempt began its transaction on ([Options.Observer]), if
+	// any: RunTx's reruns reach the same Observer as the wrapper's own
+	// retries, with nothing set here.
+	Observer Observer
 }
 
 // The bounds of a zero TxRunner. Contention storms end long before them
@@ -111,10 +117,12 @@ func (r TxRunner) Run(ctx context.Context, db TxBeginner, opts *sql.TxOptions, f
 	}
 	waits := 0 // attempts followed by a wait
 	start := time.Now()
+	obs := &runObs{} // the Observer of the connection an attempt began on
+	bctx := context.WithValue(ctx, runObsKey{}, obs)
 	var last error   // the last attempt's error that was not the context's
 	var lastCl Class // and its class
 	for attempt := 1; ; attempt++ {
-		hooks, began, err := runOnce(ctx, db, opts, fn)
+		hooks, began, err := runOnce(ctx, bctx, db, opts, fn)
 		if err == nil {
 			for _, f := range hooks {
 				f()
@@ -146,17 +154,42 @@ func (r TxRunner) Run(ctx context.Context, db TxBeginner, opts *sql.TxOptions, f
 		// first attempt's duplicate goes at once: it will see the row.
 		// Every other rerun waits, a duplicate on a later attempt included.
 		if attempt == 1 && cl.Kind == KindUniqueViolation {
+			r.rerun(ctx, obs, cl, attempt+1, 0, start)
 			continue
 		}
 		wait := backoff(waits, base, max)
 		if time.Since(start)+wait >= elapsed {
 			return &RetryError{Attempts: attempt, Err: err, class: &cl}
 		}
+		r.rerun(ctx, obs, cl, attempt+1, wait, start)
 		if werr := sleep(ctx, wait); werr != nil {
 			return &RetryError{Attempts: attempt, Err: err, Ctx: context.Cause(ctx), class: &cl}
 		}
 		waits++
 	}
+}
+
+// runObsKey is the context key under which Run hands BeginTx a *runObs.
+type runObsKey struct{}
+
+// runObs is filled by the wrapper's BeginTx with the connection's Observer
+// and logger, so that Run reports its reruns where the wrapper reports its
+// own retries.
+type runObs struct {
+	obs Observer
+	log *slog.Logger
+}
+
+// rerun reports EventRerun, before the attempt's wait.
+func (r TxRunner) rerun(ctx context.Context, ro *runObs, cl Class, attempt int, wait time.Duration, start time.Time) {
+	obs, l := r.Observer, ro.log
+	if obs == nil {
+		obs = ro.obs
+	}
+	if l == nil {
+		l = slog.Default()
+	}
+	report(ctx, obs, l, Observation{Event: EventRerun, Class: cl, Attempt: attempt, Wait: wait, Elapsed: time.Since(start)})
 }
 
 // retryable reports whether err may be cured by another attempt. A write
@@ -187,8 +220,11 @@ var ErrTxEnded = fmt.Errorf("sqlconflict: the RunTx function ended the transacti
 // transaction, and whether the transaction began. A panic in fn rolls the
 // transaction back before it goes on up, as net/http's recovery would
 // otherwise leave the connection in the transaction, its locks held.
-func runOnce(ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(context.Context, *sql.Tx) error) (_ []func(), began bool, _ error) {
-	tx, err := db.BeginTx(ctx, opts)
+//
+// bctx is ctx with the value through which the wrapper's BeginTx names its
+// Observer; fn gets ctx itself.
+func runOnce(ctx, bctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(context.Context, *sql.Tx) error) (_ []func(), began bool, _ error) {
+	tx, err := db.BeginTx(bctx, opts)
 	if err != nil {
 		return nil, false, err
 	}

@@ -584,7 +584,7 @@ func TestIntegrationSavepointDeadlockWholeTx(t *testing.T) {
 	eachServer(t, func(t *testing.T, s server) {
 		var statementRetries, savepointRollbacks, replays atomic.Int64
 		db := s.openWith(t, func(o *Options) {
-			o.Observer = func(ob Observation) {
+			o.Observer = func(_ context.Context, ob Observation) {
 				if ob.Class.Kind != KindDeadlock {
 					return
 				}

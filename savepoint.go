@@ -114,7 +114,7 @@ func (ic *interceptor) undo(ctx context.Context, err error, cl Class, attempt in
 		return false
 	}
 	ic.rp.own(ic.cfg.sp.rollbackTo)
-	ic.event(EventSavepointRollback, cl, attempt)
+	ic.event(ctx, Observation{Event: EventSavepointRollback, Class: cl, Attempt: attempt})
 	ic.onConflict(ctx, cl)
 	return true
 }

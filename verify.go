@@ -78,10 +78,10 @@ func (ic *interceptor) settleCommit(ctx context.Context, id txIdentity, err erro
 		case serr != nil:
 			return err
 		case status == "committed":
-			ic.event(EventCommitSettled, Class{Dialect: DialectPostgres}, 0)
+			ic.event(ctx, Observation{Event: EventCommitSettled, Class: Class{Dialect: DialectPostgres}})
 			return nil
 		case status == "aborted":
-			ic.event(EventCommitSettled, Class{Kind: KindConnectionLost, Scope: ScopeTransaction, Dialect: DialectPostgres}, 0)
+			ic.event(ctx, Observation{Event: EventCommitSettled, Class: Class{Kind: KindConnectionLost, Scope: ScopeTransaction, Dialect: DialectPostgres}})
 			return &rolledBackError{err: err, xid: id.xid}
 		case status != "in progress" || tries > 0:
 			return err

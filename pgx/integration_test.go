@@ -225,7 +225,7 @@ func TestIntegrationDeadlockPairAutocommit(t *testing.T) {
 	var retries atomic.Int64
 	db := openWith(t, func(o *sqlconflict.Options) {
 		o.Retries = 5
-		o.Observer = func(ob sqlconflict.Observation) {
+		o.Observer = func(_ context.Context, ob sqlconflict.Observation) {
 			if ob.Event == sqlconflict.EventRetry {
 				retries.Add(1)
 			}

@@ -90,7 +90,7 @@ func openReplay(t testing.TB, replayed *atomic.Int64, params ...string) *sql.DB 
 	t.Helper()
 	return openWith(t, func(o *sqlconflict.Options) {
 		o.Replay = sqlconflict.ReplayOn
-		o.Observer = func(ob sqlconflict.Observation) {
+		o.Observer = func(_ context.Context, ob sqlconflict.Observation) {
 			if ob.Event == sqlconflict.EventReplay {
 				replayed.Add(1)
 			}
@@ -143,7 +143,7 @@ func TestIntegrationReplayOwnStatementsBounded(t *testing.T) {
 			var replayed, failed atomic.Int64
 			opts := sqlconflict.DefaultOptions()
 			opts.Replay = sqlconflict.ReplayOn
-			opts.Observer = func(ob sqlconflict.Observation) {
+			opts.Observer = func(_ context.Context, ob sqlconflict.Observation) {
 				switch ob.Event {
 				case sqlconflict.EventReplay:
 					replayed.Add(1)
@@ -241,7 +241,7 @@ func TestIntegrationReplayLostConnection(t *testing.T) {
 			}
 			opts := sqlconflict.DefaultOptions()
 			opts.Replay = sqlconflict.ReplayOn
-			opts.Observer = func(ob sqlconflict.Observation) {
+			opts.Observer = func(_ context.Context, ob sqlconflict.Observation) {
 				if ob.Event == sqlconflict.EventReplay {
 					replayed.Add(1)
 				}

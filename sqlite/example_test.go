@@ -64,7 +64,7 @@ func ExampleOpenDB() {
 
 	var retries atomic.Int64
 	opts := sqlconflict.DefaultOptions()
-	opts.Observer = func(o sqlconflict.Observation) {
+	opts.Observer = func(_ context.Context, o sqlconflict.Observation) {
 		if o.Event == sqlconflict.EventRetry {
 			retries.Add(1) // export as a metric
 		}

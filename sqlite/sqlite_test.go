@@ -72,7 +72,7 @@ type observer struct {
 	obs []sqlconflict.Observation
 }
 
-func (o *observer) observe(ob sqlconflict.Observation) {
+func (o *observer) observe(_ context.Context, ob sqlconflict.Observation) {
 	o.mu.Lock()
 	o.obs = append(o.obs, ob)
 	o.mu.Unlock()

@@ -46,7 +46,7 @@ type stats struct {
 
 // observe is the Options.Observer. It runs on the goroutines using the
 // database, concurrently.
-func (s *stats) observe(o sqlconflict.Observation) {
+func (s *stats) observe(_ context.Context, o sqlconflict.Observation) {
 	switch o.Event {
 	case sqlconflict.EventRetry:
 		s.stmtRetries.Add(1)

@@ -162,7 +162,7 @@ func TestDefaultsOnly(t *testing.T) {
 	for _, sc := range scenarios {
 		r := sc.fix.runner
 		r.RetryUniqueViolation = false
-		if r != (sqlconflict.TxRunner{}) {
+		if r.Observer != nil || r.MaxAttempts != 0 || r.MaxElapsed != 0 || r.Backoff != 0 || r.MaxBackoff != 0 {
 			t.Errorf("%s: TxRunner %+v, want the zero value (but RetryUniqueViolation)", sc.name, sc.fix.runner)
 		}
 	}
