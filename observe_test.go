@@ -248,7 +248,9 @@ func TestObserverRerunNoConnection(t *testing.T) {
 
 type beginnerFunc func(context.Context, *sql.TxOptions) (*sql.Tx, error)
 
-func (f beginnerFunc) BeginTx(ctx context.Context, o *sql.TxOptions) (*sql.Tx, error) { return f(ctx, o) }
+func (f beginnerFunc) BeginTx(ctx context.Context, o *sql.TxOptions) (*sql.Tx, error) {
+	return f(ctx, o)
+}
 
 // TestObserverDebugLog: each event goes to the logger at debug level, under
 // its stable name, with the caller's context.

@@ -50,7 +50,7 @@ type replayLog struct {
 	// changed: in the last replay a statement affected another number of
 	// rows than the first time, which the application had not asked for.
 	changed bool
-	same    int // replays in a row that met the same unique violation, nothing changed (metAgain)
+	same    int           // replays in a row that met the same unique violation, nothing changed (metAgain)
 	wait    time.Duration // the backoff before the last replay, for the Observer
 	h       maphash.Hash
 }
