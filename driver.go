@@ -3,9 +3,13 @@
 //
 // It classifies duplicate-key, deadlock, serialization and lock-timeout errors
 // with their scope (see [Classify]), retries statements that provably had no
-// effect, guards writes inside transactions with savepoints when asked to,
-// refuses to run statements in a transaction that an earlier error doomed, and
-// warns when REPEATABLE READ makes the re-read after a conflict blind.
+// effect, replays a transaction a conflict aborted when everything the
+// application saw comes out the same (conflict_replay, on by default), guards
+// writes inside transactions with savepoints when asked to, refuses to run
+// statements in a transaction that an earlier error doomed, and mends the
+// re-read after a conflict that REPEATABLE READ makes blind
+// (conflict_blind_reread=fix, the default; warn, error and off are the
+// others).
 //
 // Adopting it means changing the driver name and, optionally, the DSN:
 //
@@ -110,7 +114,7 @@ func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
 	}
 	var base driver.Connector
 	if _, ok := d.base.(*pq.Driver); ok {
-		base = pqConnector{dsn: baseDSN, dialer: &dialer{grace: opts.CancelGrace}}
+		base = pqConnector{dsn: baseDSN, dialer: &dialer{grace: opts.resolved().CancelGrace}}
 	} else if dc, ok := d.base.(driver.DriverContext); ok {
 		if base, err = dc.OpenConnector(baseDSN); err != nil {
 			return nil, redact(err, dsnSecrets(baseDSN))
@@ -130,8 +134,14 @@ func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
 }
 
 // NewConnector wraps base, for use with [sql.OpenDB]. It fails if opts is
-// invalid (see [Options.Validate]).
+// invalid (see [Options.Validate]), or if base's configuration still holds
+// a conflict_* parameter (left in the DSN given to pq.NewConnector, say),
+// which the base driver would send to the server: NewConnector takes
+// Options, not DSN options.
 func NewConnector(base driver.Connector, opts Options) (driver.Connector, error) {
+	if err := strayOptions(base); err != nil {
+		return nil, err
+	}
 	return newConnector(base, &Driver{base: base.Driver(), form: DSNAuto, opts: opts}, opts)
 }
 
@@ -149,6 +159,7 @@ func newConnector(base driver.Connector, drv *Driver, opts Options) (*connector,
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
+	opts = opts.resolved()
 	if opts.Dialect == DialectUnknown {
 		opts.Dialect = detectDialect(base.Driver())
 	}

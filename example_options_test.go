@@ -90,3 +90,20 @@ func ExampleReplayMode() {
 	// Output:
 	// on 1000 postgres://app@db/shop?sslmode=disable
 }
+
+// The zero Options means the defaults; a negative count or duration means
+// none, which is how a DSN's 0 reads.
+func ExampleOptions() {
+	var opts sqlconflict.Options // the defaults: 50 retries, replay on, blind re-reads fixed
+	fmt.Println(opts.Replay, opts.BlindReread)
+
+	opts.Retries = -1 // no statement retries (conflict_retries=0)
+	fmt.Println(opts.Validate())
+
+	fromDSN, _, err := sqlconflict.SplitDSN("postgres://db/app?conflict_retries=0", sqlconflict.DSNAuto, sqlconflict.Options{})
+	fmt.Println(fromDSN.Retries, fromDSN.Backoff, err)
+	// Output:
+	// on fix
+	// <nil>
+	// -1 0s <nil>
+}

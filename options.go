@@ -1,6 +1,7 @@
 package sqlconflict
 
 import (
+	"cmp"
 	"database/sql/driver"
 	"errors"
 	"fmt"
@@ -44,25 +45,25 @@ func (m SavepointMode) String() string {
 type ReplayMode int
 
 const (
-	// ReplayOff leaves an aborted transaction to the application (or to
-	// RunTx). DSN value "off".
-	ReplayOff ReplayMode = iota
 	// ReplayOn replays a transaction begun with BeginTx that the server
 	// aborted for a conflict a fresh attempt can clear: its statements are
 	// sent again in a new transaction, and the failing statement (or the
 	// COMMIT) runs again only if everything the application had seen is
 	// the same; otherwise the application gets the original error. DSN
-	// value "on", the default.
-	ReplayOn
+	// value "on"; the default, and the zero value.
+	ReplayOn ReplayMode = iota
+	// ReplayOff leaves an aborted transaction to the application (or to
+	// RunTx). DSN value "off".
+	ReplayOff
 )
 
-// String returns the DSN value: "off" or "on".
+// String returns the DSN value: "on" or "off".
 func (m ReplayMode) String() string {
 	switch m {
-	case ReplayOff:
-		return "off"
 	case ReplayOn:
 		return "on"
+	case ReplayOff:
+		return "off"
 	}
 	return "ReplayMode(" + strconv.Itoa(int(m)) + ")"
 }
@@ -73,51 +74,74 @@ func (m ReplayMode) String() string {
 type BlindRereadMode int
 
 const (
-	// BlindRereadWarn logs a warning. DSN value "warn".
-	BlindRereadWarn BlindRereadMode = iota
-	// BlindRereadError fails the statement. DSN value "error".
-	BlindRereadError
-	// BlindRereadOff does nothing. DSN value "off".
-	BlindRereadOff
 	// BlindRereadFix mends the re-read: on MySQL and MariaDB it runs the
 	// read again as a locking read, which sees the latest committed row,
 	// and hands the caller those rows; where that cannot be done (on
 	// PostgreSQL no read in the transaction can see the row) it fails the
-	// read with ErrBlindReread, which RunTx reruns. DSN value "fix".
-	BlindRereadFix
+	// read with ErrBlindReread, which RunTx reruns. DSN value "fix"; the
+	// default, and the zero value.
+	BlindRereadFix BlindRereadMode = iota
+	// BlindRereadWarn logs a warning. DSN value "warn".
+	BlindRereadWarn
+	// BlindRereadError fails the statement. DSN value "error".
+	BlindRereadError
+	// BlindRereadOff does nothing. DSN value "off".
+	BlindRereadOff
 )
 
 // String returns the mode's DSN value.
 func (m BlindRereadMode) String() string {
 	switch m {
+	case BlindRereadFix:
+		return "fix"
 	case BlindRereadWarn:
 		return "warn"
 	case BlindRereadError:
 		return "error"
 	case BlindRereadOff:
 		return "off"
-	case BlindRereadFix:
-		return "fix"
 	}
 	return "BlindRereadMode(" + strconv.Itoa(int(m)) + ")"
 }
 
-// Options configures the wrapper. Each field but the last three has a DSN
+// Options configures the wrapper. Each field but the last four has a DSN
 // option, named in its comment; [SplitDSN] reads them.
+//
+// The zero value means the defaults, which [DefaultOptions] spells out and
+// each field's comment states: a zero count or duration is its default, and
+// the modes' zero values are their defaults. A negative count or duration
+// means none: no retries, no wait, no limit, as the DSN's 0 does
+// (conflict_retries=0 reads as Retries -1).
 type Options struct {
-	Retries         int             // conflict_retries: most retries of a statement that had no effect; >= 0
-	RetryTimeout    time.Duration   // conflict_retry_timeout: how long, from its first failure, a statement keeps being retried; 0: no limit but Retries
-	Backoff         time.Duration   // conflict_backoff: wait before the first retry; >= 0
-	MaxBackoff      time.Duration   // conflict_max_backoff: longest wait between retries; >= Backoff
-	Savepoints      SavepointMode   // conflict_savepoints: off or writes
-	SavepointBudget int             // conflict_savepoint_budget: most savepoints per transaction; >= 0
-	BlindReread     BlindRereadMode // conflict_blind_reread: warn, error, fix or off
-	WrapErrors      bool            // conflict_wrap_errors: wrap base driver errors (any strconv.ParseBool value)
+	// Retries (conflict_retries) bounds the retries of a statement that
+	// had no effect, and the replays of a transaction. Default 50.
+	Retries int
+	// RetryTimeout (conflict_retry_timeout) bounds how long, from its first
+	// failure, a statement keeps being retried or a transaction replayed.
+	// Default 10s; negative (the DSN's 0): no limit but Retries.
+	RetryTimeout time.Duration
+	// Backoff (conflict_backoff) is the wait before the first retry; it
+	// doubles, with jitter, up to MaxBackoff (conflict_max_backoff).
+	// Defaults 5ms and 1s; MaxBackoff must not be below Backoff.
+	Backoff, MaxBackoff time.Duration
+	// Savepoints (conflict_savepoints): when to guard statements in a
+	// transaction with savepoints. Default SavepointsOff.
+	Savepoints SavepointMode
+	// SavepointBudget (conflict_savepoint_budget) bounds the wrapper's
+	// savepoints per transaction. Default 32.
+	SavepointBudget int
+	// BlindReread (conflict_blind_reread): what to do about a re-read that
+	// REPEATABLE READ makes blind. Default BlindRereadFix.
+	BlindReread BlindRereadMode
+	// WrapErrors (conflict_wrap_errors, any strconv.ParseBool value)
+	// returns base driver errors wrapped in *Error. Default false: the
+	// application gets the base driver's own error objects.
+	WrapErrors bool
 	// RetryFunctions (conflict_retry_functions) lets a statement be run
 	// again when it calls a function the wrapper does not know, or touches
 	// a table whose triggers or view definition do: the application vouches
 	// that its functions take no advisory or named locks, set no session
-	// state and write only transactional tables. Off by default: such a
+	// state and write only transactional tables. Default false: such a
 	// statement is never retried (docs/retry.md). Known side effects (user
 	// variables, pg_advisory_lock, GET_LOCK, set_config, non-transactional
 	// tables) are never retried either way.
@@ -130,10 +154,10 @@ type Options struct {
 	// server or a partition cannot hold a call past its deadline. A server
 	// that answers lib/pq's cancel request in that time is alive and gets
 	// twice the grace. Applies to connections whose socket the wrapper
-	// dials (docs/reliability.md). The default, 80 ms, keeps a frozen
+	// dials (docs/reliability.md). Default 80ms, which keeps a frozen
 	// server's calls within 100 ms of their deadline while a loaded but
 	// live PostgreSQL has time to answer the cancel request (its postmaster
-	// forks a process for it).
+	// forks a process for it); negative (the DSN's 0): cut at once.
 	CancelGrace time.Duration
 	// VerifyCommit (conflict_verify_commit, PostgreSQL) settles a COMMIT
 	// whose answer was lost: the wrapper learns a writing transaction's id
@@ -141,7 +165,7 @@ type Options struct {
 	// during COMMIT, asks the server on a fresh connection whether it
 	// committed (pg_xact_status). Commit then returns nil, or an error
 	// that says the transaction rolled back and may be run again, instead
-	// of an unknown outcome.
+	// of an unknown outcome. Default false.
 	VerifyCommit bool
 	// Replay (conflict_replay) replays a transaction the server aborted for
 	// a conflict (a deadlock, a serialization or Galera certification
@@ -150,15 +174,18 @@ type Options struct {
 	// (replay.go, docs/retry.md), and one whose connection was lost before
 	// its COMMIT was sent, on a new connection (move.go). Its attempts and
 	// time are bounded by Retries and RetryTimeout, with Backoff between
-	// them. DefaultOptions: ReplayOn.
+	// them. Default ReplayOn.
 	Replay ReplayMode
 	// ReplayStatements (conflict_replay_statements) and ReplayBytes
 	// (conflict_replay_bytes) bound what is recorded of one transaction
 	// for a replay: its statements, and the bytes of their text and
-	// arguments. A transaction past either is not replayed.
+	// arguments. A transaction past either is not replayed. Defaults 1000
+	// and 1 MiB.
 	ReplayStatements int
 	ReplayBytes      int
-	Logger           *slog.Logger // nil means slog.Default(); not a DSN option
+	// Logger receives the wrapper's warnings (and its events at debug
+	// level). Not a DSN option; nil, the default, means slog.Default().
+	Logger *slog.Logger
 
 	// Observer, when set, is told of every retry, savepoint rollback,
 	// doomed transaction, replay and settled commit, synchronously, on the
@@ -168,19 +195,20 @@ type Options struct {
 	// nil, the default, reports nothing. See docs/reliability.md for
 	// exporting the events as metrics, and the otel module.
 	Observer Observer
-	// Dialect selects the SQL the wrapper sends itself; zero means detect it
-	// from the base driver's package. Not a DSN option.
+	// Dialect selects the SQL the wrapper sends itself; zero, the default,
+	// means detect it from the base driver's package. Not a DSN option.
 	Dialect Dialect
 	// NetConn, when set, returns the network connection under a base
 	// connection whose socket the wrapper did not dial (the pgx module sets
 	// it), or nil. The wrapper only looks at it, without reading, before it
 	// hands a pooled connection out again: one the server closed meanwhile
 	// (a restart) is refused then, before anything is sent on it, and
-	// database/sql takes another. Not a DSN option.
+	// database/sql takes another. Not a DSN option; nil by default.
 	NetConn func(driver.Conn) net.Conn
 }
 
-// DefaultOptions returns the options used when a DSN sets none.
+// DefaultOptions returns the defaults spelled out: what the zero Options
+// and a DSN with no conflict_* option mean.
 func DefaultOptions() Options {
 	return Options{
 		Retries:          50,
@@ -198,33 +226,54 @@ func DefaultOptions() Options {
 }
 
 // Validate reports the first invalid field. Its errors name both the field
-// and its DSN option, as options come from either.
+// and its DSN option, as options come from either. A count or duration is
+// valid at any value (zero: the default; negative: none); the modes must be
+// ones this package defines, and MaxBackoff, as the wrapper will use it, no
+// less than Backoff.
 func (o Options) Validate() error {
+	r := o.resolved()
 	switch {
-	case o.Retries < 0:
-		return fmt.Errorf("sqlconflict: Options.Retries (conflict_retries) must be >= 0, got %d", o.Retries)
-	case o.RetryTimeout < 0:
-		return fmt.Errorf("sqlconflict: Options.RetryTimeout (conflict_retry_timeout) must be >= 0, got %v", o.RetryTimeout)
-	case o.Backoff < 0:
-		return fmt.Errorf("sqlconflict: Options.Backoff (conflict_backoff) must be >= 0, got %v", o.Backoff)
-	case o.MaxBackoff < o.Backoff:
-		return fmt.Errorf("sqlconflict: Options.MaxBackoff (conflict_max_backoff) must be >= Options.Backoff (conflict_backoff, %v), got %v", o.Backoff, o.MaxBackoff)
+	case r.MaxBackoff < r.Backoff:
+		return fmt.Errorf("sqlconflict: Options.MaxBackoff (conflict_max_backoff) must be >= Options.Backoff (conflict_backoff, %v), got %v", r.Backoff, r.MaxBackoff)
 	case o.Savepoints < SavepointsOff || o.Savepoints > SavepointsWrites:
 		return fmt.Errorf("sqlconflict: Options.Savepoints (conflict_savepoints) must be SavepointsOff or SavepointsWrites, got %d", int(o.Savepoints))
-	case o.SavepointBudget < 0:
-		return fmt.Errorf("sqlconflict: Options.SavepointBudget (conflict_savepoint_budget) must be >= 0, got %d", o.SavepointBudget)
-	case o.Replay < ReplayOff || o.Replay > ReplayOn:
-		return fmt.Errorf("sqlconflict: Options.Replay (conflict_replay) must be ReplayOff or ReplayOn, got %d", int(o.Replay))
-	case o.ReplayStatements < 0:
-		return fmt.Errorf("sqlconflict: Options.ReplayStatements (conflict_replay_statements) must be >= 0, got %d", o.ReplayStatements)
-	case o.ReplayBytes < 0:
-		return fmt.Errorf("sqlconflict: Options.ReplayBytes (conflict_replay_bytes) must be >= 0, got %d", o.ReplayBytes)
-	case o.CancelGrace < 0:
-		return fmt.Errorf("sqlconflict: Options.CancelGrace (conflict_cancel_grace) must be >= 0, got %v", o.CancelGrace)
-	case o.BlindReread < BlindRereadWarn || o.BlindReread > BlindRereadFix:
-		return fmt.Errorf("sqlconflict: Options.BlindReread (conflict_blind_reread) must be BlindRereadWarn, BlindRereadError, BlindRereadOff or BlindRereadFix, got %d", int(o.BlindReread))
+	case o.Replay < ReplayOn || o.Replay > ReplayOff:
+		return fmt.Errorf("sqlconflict: Options.Replay (conflict_replay) must be ReplayOn or ReplayOff, got %d", int(o.Replay))
+	case o.BlindReread < BlindRereadFix || o.BlindReread > BlindRereadOff:
+		return fmt.Errorf("sqlconflict: Options.BlindReread (conflict_blind_reread) must be BlindRereadFix, BlindRereadWarn, BlindRereadError or BlindRereadOff, got %d", int(o.BlindReread))
 	}
 	return nil
+}
+
+// resolved returns the options the wrapper runs with: each zero count or
+// duration replaced by its default, each negative one by zero (none). It is
+// applied once, when a connector is made; resolving twice would read a
+// resolved zero as the default.
+func (o Options) resolved() Options {
+	d := DefaultOptions()
+	count := func(v *int, def int) {
+		if *v == 0 {
+			*v = def
+		} else if *v < 0 {
+			*v = 0
+		}
+	}
+	duration := func(v *time.Duration, def time.Duration) {
+		if *v == 0 {
+			*v = def
+		} else if *v < 0 {
+			*v = 0
+		}
+	}
+	count(&o.Retries, d.Retries)
+	duration(&o.RetryTimeout, d.RetryTimeout)
+	duration(&o.Backoff, d.Backoff)
+	duration(&o.MaxBackoff, d.MaxBackoff)
+	count(&o.SavepointBudget, d.SavepointBudget)
+	duration(&o.CancelGrace, d.CancelGrace)
+	count(&o.ReplayStatements, d.ReplayStatements)
+	count(&o.ReplayBytes, d.ReplayBytes)
+	return o
 }
 
 // DSNForm says which DSN syntax to read.
@@ -249,12 +298,48 @@ const (
 	DSNQuery
 )
 
-const (
-	dsnOptionPrefix = "conflict_"
-	dsnOptionList   = "conflict_retries, conflict_retry_timeout, conflict_backoff, conflict_max_backoff, conflict_savepoints, " +
-		"conflict_savepoint_budget, conflict_blind_reread, conflict_wrap_errors, conflict_retry_functions, conflict_cancel_grace, " +
-		"conflict_verify_commit, conflict_replay, conflict_replay_statements, conflict_replay_bytes"
-)
+const dsnOptionPrefix = "conflict_"
+
+// dsnOptions are the DSN options, each with the Options field it sets.
+var dsnOptions = [...]struct{ name, field string }{
+	{"conflict_retries", "Retries"},
+	{"conflict_retry_timeout", "RetryTimeout"},
+	{"conflict_backoff", "Backoff"},
+	{"conflict_max_backoff", "MaxBackoff"},
+	{"conflict_savepoints", "Savepoints"},
+	{"conflict_savepoint_budget", "SavepointBudget"},
+	{"conflict_blind_reread", "BlindReread"},
+	{"conflict_wrap_errors", "WrapErrors"},
+	{"conflict_retry_functions", "RetryFunctions"},
+	{"conflict_cancel_grace", "CancelGrace"},
+	{"conflict_verify_commit", "VerifyCommit"},
+	{"conflict_replay", "Replay"},
+	{"conflict_replay_statements", "ReplayStatements"},
+	{"conflict_replay_bytes", "ReplayBytes"},
+}
+
+// dsnOptionList names the DSN options, for errors.
+func dsnOptionList() string {
+	var b strings.Builder
+	for i, o := range dsnOptions {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(o.name)
+	}
+	return b.String()
+}
+
+// optionField returns the Options field a DSN option (in any case) sets,
+// or "" for an unknown one.
+func optionField(name string) string {
+	for _, o := range dsnOptions {
+		if strings.EqualFold(o.name, name) {
+			return o.field
+		}
+	}
+	return ""
+}
 
 // SplitDSN reads the conflict_* options out of dsn, starting from base
 // (usually [DefaultOptions]), and returns the options and the DSN without
@@ -530,8 +615,22 @@ func (r *optionReader) set(name, val string, valErr error) error {
 	o := &r.opts
 	var ok bool
 	var want string
-	count := func() (int, bool) { n, err := strconv.Atoi(val); return n, err == nil && n >= 0 }
-	duration := func() (time.Duration, bool) { d, err := time.ParseDuration(val); return d, err == nil && d >= 0 }
+	// A DSN's 0 means none, which Options spells as a negative value (its
+	// zero is the default).
+	count := func() (int, bool) {
+		n, err := strconv.Atoi(val)
+		if err != nil || n < 0 {
+			return 0, false
+		}
+		return cmp.Or(n, -1), true
+	}
+	duration := func() (time.Duration, bool) {
+		d, err := time.ParseDuration(val)
+		if err != nil || d < 0 {
+			return 0, false
+		}
+		return cmp.Or(d, -1), true
+	}
 	boolean := func() (bool, bool) { b, err := strconv.ParseBool(val); return b, err == nil }
 	switch key {
 	case "conflict_retries":
@@ -553,7 +652,7 @@ func (r *optionReader) set(name, val string, valErr error) error {
 		o.SavepointBudget, ok = count()
 		want = "an integer >= 0"
 	case "conflict_blind_reread":
-		o.BlindReread, ok = parseOptionEnum(val, BlindRereadFix)
+		o.BlindReread, ok = parseOptionEnum(val, BlindRereadOff)
 		want = `"warn", "error", "fix" or "off"`
 	case "conflict_wrap_errors":
 		o.WrapErrors, ok = boolean()
@@ -565,7 +664,7 @@ func (r *optionReader) set(name, val string, valErr error) error {
 		o.VerifyCommit, ok = boolean()
 		want = `a boolean such as "true" or "false"`
 	case "conflict_replay":
-		o.Replay, ok = parseOptionEnum(val, ReplayOn)
+		o.Replay, ok = parseOptionEnum(val, ReplayOff)
 		want = `"off" or "on"`
 	case "conflict_replay_statements":
 		o.ReplayStatements, ok = count()
@@ -577,7 +676,7 @@ func (r *optionReader) set(name, val string, valErr error) error {
 		o.CancelGrace, ok = duration()
 		want = `a duration >= 0 such as "80ms"`
 	default:
-		return fmt.Errorf("sqlconflict: unknown DSN option %s (known: %s)", r.quote(name), dsnOptionList)
+		return fmt.Errorf("sqlconflict: unknown DSN option %s (known: %s)", r.quote(name), dsnOptionList())
 	}
 	switch {
 	case r.seen[key]:

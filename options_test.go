@@ -171,7 +171,7 @@ func TestSplitDSN(t *testing.T) {
 		{name: "url/retries", form: formURL,
 			dsn:  "postgres://db/app?conflict_retries=0",
 			want: "postgres://db/app",
-			opts: func(o *sqlconflict.Options) { o.Retries = 0 }},
+			opts: func(o *sqlconflict.Options) { o.Retries = -1 }}, // the DSN's 0: none
 		{name: "url/backoff", form: formURL,
 			dsn:  "postgres://db/app?sslmode=disable&conflict_backoff=250us",
 			want: "postgres://db/app?sslmode=disable",
@@ -190,7 +190,7 @@ func TestSplitDSN(t *testing.T) {
 		{name: "url/savepoint budget", form: formURL,
 			dsn:  "postgres://db/app?conflict_savepoint_budget=0",
 			want: "postgres://db/app",
-			opts: func(o *sqlconflict.Options) { o.SavepointBudget = 0 }},
+			opts: func(o *sqlconflict.Options) { o.SavepointBudget = -1 }},
 		{name: "url/blind reread", form: formURL,
 			dsn:  "postgres://db/app?conflict_blind_reread=error",
 			want: "postgres://db/app",
@@ -344,7 +344,7 @@ func TestSplitDSN(t *testing.T) {
 		{name: "mysql/only", form: formMySQL,
 			dsn:  "alice:pw@tcp(db:3306)/app?conflict_backoff=0s&conflict_max_backoff=0",
 			want: "alice:pw@tcp(db:3306)/app",
-			opts: func(o *sqlconflict.Options) { o.Backoff, o.MaxBackoff = 0, 0 }},
+			opts: func(o *sqlconflict.Options) { o.Backoff, o.MaxBackoff = -1, -1 }},
 		{name: "mysql/all mixed", form: formMySQL,
 			dsn: "alice:pw@tcp(db:3306)/app?conflict_retries=7&parseTime=true&conflict_backoff=1ms&conflict_retry_timeout=3000ms&" +
 				"conflict_max_backoff=2s&conflict_savepoints=writes&loc=Europe%2FParis&" +
@@ -401,7 +401,7 @@ func TestSplitDSN(t *testing.T) {
 		{name: "query/only", form: formQuery,
 			dsn:  "/tmp/app.db?conflict_retries=0",
 			want: "/tmp/app.db",
-			opts: func(o *sqlconflict.Options) { o.Retries = 0 }},
+			opts: func(o *sqlconflict.Options) { o.Retries = -1 }},
 		{name: "query/relative", form: formQuery,
 			dsn:  "app.db?_txlock=immediate&conflict_savepoints=writes",
 			want: "app.db?_txlock=immediate",
@@ -668,20 +668,31 @@ func TestValidate(t *testing.T) {
 	}{
 		{nil, ""},
 		{func(o *sqlconflict.Options) { *o = sqlconflict.Options{} }, ""},
-		{func(o *sqlconflict.Options) { o.Retries = -1 },
-			"sqlconflict: Options.Retries (conflict_retries) must be >= 0, got -1"},
-		{func(o *sqlconflict.Options) { o.Backoff = -time.Second },
-			"sqlconflict: Options.Backoff (conflict_backoff) must be >= 0, got -1s"},
+		// Negative counts and durations mean none.
+		{func(o *sqlconflict.Options) { o.Retries = -1 }, ""},
+		{func(o *sqlconflict.Options) { o.Backoff = -time.Second }, ""},
+		{func(o *sqlconflict.Options) { o.Backoff, o.MaxBackoff = -1, -1 }, ""},
+		{func(o *sqlconflict.Options) {
+			o.RetryTimeout, o.CancelGrace, o.ReplayStatements, o.ReplayBytes = -1, -1, -1, -1
+		}, ""},
+		// MaxBackoff as the wrapper would use it: zero is the default, 1s.
+		{func(o *sqlconflict.Options) { o.Backoff, o.MaxBackoff = 2*time.Second, 0 },
+			"sqlconflict: Options.MaxBackoff (conflict_max_backoff) must be >= Options.Backoff (conflict_backoff, 2s), got 1s"},
+		{func(o *sqlconflict.Options) { o.Backoff, o.MaxBackoff = 0, 5*time.Millisecond }, ""},
+		{func(o *sqlconflict.Options) { o.MaxBackoff = -1 },
+			"sqlconflict: Options.MaxBackoff (conflict_max_backoff) must be >= Options.Backoff (conflict_backoff, 5ms), got 0s"},
 		{func(o *sqlconflict.Options) { o.MaxBackoff = time.Millisecond },
 			"sqlconflict: Options.MaxBackoff (conflict_max_backoff) must be >= Options.Backoff (conflict_backoff, 5ms), got 1ms"},
 		{func(o *sqlconflict.Options) { o.MaxBackoff = o.Backoff }, ""},
 		{func(o *sqlconflict.Options) { o.Savepoints = 2 },
 			"sqlconflict: Options.Savepoints (conflict_savepoints) must be SavepointsOff or SavepointsWrites, got 2"},
 		{func(o *sqlconflict.Options) { o.Savepoints = -1 }, "Options.Savepoints (conflict_savepoints)"},
-		{func(o *sqlconflict.Options) { o.SavepointBudget = -1 },
-			"sqlconflict: Options.SavepointBudget (conflict_savepoint_budget) must be >= 0, got -1"},
+		{func(o *sqlconflict.Options) { o.SavepointBudget = -1 }, ""},
 		{func(o *sqlconflict.Options) { o.BlindReread = 4 },
-			"sqlconflict: Options.BlindReread (conflict_blind_reread) must be BlindRereadWarn, BlindRereadError, BlindRereadOff or BlindRereadFix, got 4"},
+			"sqlconflict: Options.BlindReread (conflict_blind_reread) must be BlindRereadFix, BlindRereadWarn, BlindRereadError or BlindRereadOff, got 4"},
+		{func(o *sqlconflict.Options) { o.BlindReread = -1 }, "Options.BlindReread (conflict_blind_reread)"},
+		{func(o *sqlconflict.Options) { o.Replay = 2 },
+			"sqlconflict: Options.Replay (conflict_replay) must be ReplayOn or ReplayOff, got 2"},
 	}
 	for i, tt := range tests {
 		err := optsWith(tt.change).Validate()

@@ -38,7 +38,7 @@ func TestAutocommitRetry(t *testing.T) {
 		{"lock timeout retried", errPGLock, 1, 3, false, 2},
 		{"serialization retried", errPGSerial, 3, 3, false, 4},
 		{"budget spent", errPGDeadlock, 5, 2, true, 3},
-		{"retries off", errPGDeadlock, 1, 0, true, 1},
+		{"retries off", errPGDeadlock, 1, -1, true, 1}, // negative: none (0: the default)
 		{"unique never retried", errPGUnique, 1, 3, true, 1},
 		{"unknown outcome never retried", driver.ErrBadConn, 5, 3, true, 0},
 		{"lost connection never retried", io.ErrUnexpectedEOF, 1, 3, true, 1},

@@ -289,7 +289,7 @@ func TestRunTxBusy(t *testing.T) {
 	mustExec(t, raw, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
 	var o observer
 	opts := fastOptions(&o)
-	opts.Retries = 0 // statement retries aside: the transaction is rerun
+	opts.Retries = -1 // no statement retries (zero is the default): the transaction is rerun
 	db := openDB(t, d, opts)
 	runner := sqlconflict.TxRunner{MaxAttempts: 1000, Backoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond}
 
