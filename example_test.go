@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"fmt"
+	"io"
 	"log/slog"
 	"regexp"
 	"time"
@@ -52,7 +53,7 @@ func ExampleNewConnector() {
 
 	opts := sqlconflict.DefaultOptions()
 	opts.Dialect = sqlconflict.DialectPostgres
-	opts.Logger = slog.New(slog.DiscardHandler)
+	opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	opts.Observer = func(_ context.Context, o sqlconflict.Observation) {
 		fmt.Printf("%s after %s (attempt %d)\n", o.Event, o.Class.Kind, o.Attempt)
 	}
@@ -155,3 +156,55 @@ func ExampleBaseConn() {
 	// Output:
 	// Raw gives *sqlconflict.conn; BaseConn gives *sqlmock.sqlmock
 }
+
+// An Observer sees the wrapper's own retries and replays and RunTx's reruns
+// of the whole transaction, with the caller's context (its span, say). Here
+// the application's function reads a row and decides from it, so a COMMIT
+// that failed with a serialization failure cannot be replayed past the
+// changed read: RunTx reruns the function, and the Observer hears of it.
+func ExampleObserver() {
+	base, mock := newMock("example_observer")
+	for _, version := range []int{1, 2} {
+		mock.ExpectBegin()
+		mock.ExpectQuery("SELECT version FROM docs WHERE id = $1").WithArgs(7).
+			WillReturnRows(sqlmock.NewRows([]string{"version"}).AddRow(version))
+		mock.ExpectExec("UPDATE docs SET version = $1 WHERE id = $2").WithArgs(version+1, 7).
+			WillReturnResult(sqlmock.NewResult(0, 1))
+		if version == 1 {
+			mock.ExpectCommit().WillReturnError(&pq.Error{Code: "40001", Message: "could not serialize access"})
+			// The replay begins again and reads version 2: it does not
+			// verify, and is rolled back.
+			mock.ExpectBegin()
+			mock.ExpectQuery("SELECT version FROM docs WHERE id = $1").WithArgs(7).
+				WillReturnRows(sqlmock.NewRows([]string{"version"}).AddRow(2))
+			mock.ExpectRollback()
+		} else {
+			mock.ExpectCommit()
+		}
+	}
+	opts := sqlconflict.DefaultOptions()
+	opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	opts.Observer = func(ctx context.Context, o sqlconflict.Observation) {
+		fmt.Printf("%s %s attempt %d (request %v)\n", o.Event, o.Class.Kind.Name(), o.Attempt, ctx.Value(requestID{}))
+	}
+	connector, _ := sqlconflict.NewConnector(base, opts)
+	db := sql.OpenDB(connector)
+	defer db.Close()
+
+	ctx := context.WithValue(context.Background(), requestID{}, "r-1")
+	err := sqlconflict.TxRunner{Backoff: time.Millisecond}.Run(ctx, db, nil, func(ctx context.Context, tx *sql.Tx) error {
+		var v int
+		if err := tx.QueryRowContext(ctx, "SELECT version FROM docs WHERE id = $1", 7).Scan(&v); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, "UPDATE docs SET version = $1 WHERE id = $2", v+1, 7)
+		return err
+	})
+	fmt.Println("err:", err)
+	// Output:
+	// replay_failed serialization_failure attempt 1 (request r-1)
+	// rerun serialization_failure attempt 2 (request r-1)
+	// err: <nil>
+}
+
+type requestID struct{}
