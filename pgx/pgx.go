@@ -13,6 +13,17 @@
 // conflict_wrap_errors=true; [sqlconflict.Classify] and the Is* functions
 // read them.
 //
+// A DSN may also be a name that [stdlib.RegisterConnConfig] returned
+// ("registeredConnConfig0", ...; any name that begins so and holds no '='):
+// the wrapper passes it to pgx untouched, and pgx connects with the
+// registered *pgx.ConnConfig, through the wrapper as any other DSN. Such a
+// name carries no conflict_* options, so its connections get the defaults,
+// [sqlconflict.DefaultOptions]; conflict_* run-time parameters in the
+// registered config are not read, and pgx sends them to the server as
+// without the wrapper. [OpenDB] takes a config with options instead. A name
+// pgx has not registered fails as it does with pgx alone, when the first
+// connection is opened, with pgx's error.
+//
 // Only pgx used through database/sql is wrapped. Code that uses *pgx.Conn or
 // pgxpool directly bypasses database/sql and so the wrapper; it can still
 // classify its errors with [sqlconflict.Classify].
@@ -22,6 +33,7 @@
 package pgx
 
 import (
+	"context"
 	"database/sql"
 	"database/sql/driver"
 	"fmt"
@@ -37,8 +49,64 @@ import (
 const DriverName = "sqlconflict-pgx"
 
 func init() {
-	sql.Register(DriverName, sqlconflict.Wrap(stdlib.GetDefaultDriver(), options(sqlconflict.DefaultOptions())))
+	opts := options(sqlconflict.DefaultOptions())
+	sql.Register(DriverName, &pgxDriver{dsns: sqlconflict.Wrap(stdlib.GetDefaultDriver(), opts), opts: opts})
 }
+
+// registeredPrefix begins the names [stdlib.RegisterConnConfig] returns.
+// pgx's stdlib looks a name up among the registered ones when it connects,
+// and parses any other as a DSN.
+const registeredPrefix = "registeredConnConfig"
+
+// pgxDriver is the driver registered as DriverName: sqlconflict's driver
+// over pgx's stdlib for DSNs, and the names of registered configs passed to
+// pgx untouched. Its connectors' Driver method returns it, so that
+// db.Driver() opens what sql.Open does.
+type pgxDriver struct {
+	dsns *sqlconflict.Driver // reads and removes the conflict_* options of a DSN
+	opts sqlconflict.Options // for registered names, which carry none
+}
+
+// Open implements [driver.Driver]. database/sql prefers OpenConnector.
+func (d *pgxDriver) Open(name string) (driver.Conn, error) {
+	c, err := d.OpenConnector(name)
+	if err != nil {
+		return nil, err
+	}
+	return c.Connect(context.Background())
+}
+
+// OpenConnector implements [driver.DriverContext].
+func (d *pgxDriver) OpenConnector(name string) (driver.Connector, error) {
+	var c driver.Connector
+	var err error
+	// A DSN holding '=' is a URL or key=value pairs, whatever its first
+	// characters: its conflict_* options are read, never sent to pgx.
+	if strings.HasPrefix(name, registeredPrefix) && !strings.Contains(name, "=") {
+		base, ok := stdlib.GetDefaultDriver().(driver.DriverContext)
+		if !ok {
+			return nil, fmt.Errorf("sqlconflict/pgx: pgx's stdlib driver %T has no OpenConnector", stdlib.GetDefaultDriver())
+		}
+		var bc driver.Connector
+		if bc, err = base.OpenConnector(name); err == nil {
+			c, err = sqlconflict.NewConnector(bc, d.opts)
+		}
+	} else {
+		c, err = d.dsns.OpenConnector(name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return connector{c, d}, nil
+}
+
+// connector is a wrapped connector whose Driver is the registered driver.
+type connector struct {
+	driver.Connector
+	drv *pgxDriver
+}
+
+func (c connector) Driver() driver.Driver { return c.drv }
 
 // options returns opts for PostgreSQL over pgx: the dialect, and the way to
 // pgx's socket, so that a pooled connection the server closed (a restart)

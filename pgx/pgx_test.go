@@ -84,10 +84,10 @@ func TestOpenDBOptions(t *testing.T) {
 	}
 
 	bad := sqlconflict.DefaultOptions()
-	bad.Retries = -1
+	bad.BlindReread = 99
 	config, _ = pgx.ParseConfig("postgres://u@localhost/db")
-	if _, err := sqlconflictpgx.OpenDB(*config, bad); err == nil {
-		t.Error("OpenDB with Retries -1 succeeded")
+	if _, err := sqlconflictpgx.OpenDB(*config, bad); err == nil || !strings.Contains(err.Error(), "Options.BlindReread") {
+		t.Errorf("OpenDB with BlindReread 99: %v", err)
 	}
 
 	config, _ = pgx.ParseConfig("postgres://u@localhost/db?conflict_retries=1&application_name=x")
