@@ -69,7 +69,8 @@ func BenchmarkServerOverhead(b *testing.B) {
 							db := benchServerDB(b, s, wrapped)
 							do := benchServerOp(b, s, db, op)
 							b.ReportAllocs()
-							for b.Loop() {
+							b.ResetTimer()
+							for range b.N {
 								if err := do(ctx, db); err != nil {
 									b.Fatal(err)
 								}
@@ -330,7 +331,8 @@ func benchSavepoints(b *testing.B, ctx context.Context, s server, sp string, com
 	benchGuardedTxEnd(b, ctx, db, commit, write)
 	n.reset()
 	b.ReportAllocs()
-	for b.Loop() {
+	b.ResetTimer()
+	for range b.N {
 		benchGuardedTxEnd(b, ctx, db, commit, write)
 	}
 	n.report(b, b.N, benchWritesPerTx)

@@ -92,7 +92,8 @@ func benchFakeEach(b *testing.B, prepare func(b *testing.B, db *sql.DB) func() e
 		b.Run(m.name, func(b *testing.B) {
 			op := prepare(b, benchFakeDB(b, m.drv, DefaultOptions()))
 			b.ReportAllocs()
-			for b.Loop() {
+			b.ResetTimer()
+			for range b.N {
 				if err := op(); err != nil {
 					b.Fatal(err)
 				}
@@ -215,7 +216,8 @@ func BenchmarkFakeTx(b *testing.B) {
 			db := benchFakeDB(b, m.drv, m.opts)
 			b.ReportAllocs()
 			var v int64
-			for b.Loop() {
+			b.ResetTimer()
+			for range b.N {
 				tx, err := db.BeginTx(ctx, nil)
 				if err != nil {
 					b.Fatal(err)
@@ -282,7 +284,8 @@ func BenchmarkFakeSavepoints(b *testing.B) {
 			benchGuardedTx(b, ctx, db, write)
 			b.ReportAllocs()
 			n.reset()
-			for b.Loop() {
+			b.ResetTimer()
+			for range b.N {
 				benchGuardedTx(b, ctx, db, write)
 			}
 			n.report(b, b.N, benchWritesPerTx)
@@ -564,7 +567,8 @@ func BenchmarkWatchdog(b *testing.B) {
 				defer cancel()
 			}
 			b.ReportAllocs()
-			for b.Loop() {
+			b.ResetTimer()
+			for range b.N {
 				w := s.watch(ctx)
 				if w.done(nil) {
 					b.Fatal("cut")

@@ -15,7 +15,6 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 	"github.com/lib/pq"
-	"github.com/lib/pq/pqerror"
 
 	"github.com/sqlconflict/sqlconflict/internal/sqlitefake"
 )
@@ -35,6 +34,11 @@ func wraps(err error) map[string]error {
 		"joined":  errors.Join(errors.New("other"), err),
 	}
 }
+
+// setPQCode sets a *pq.Error's Code, a pq.ErrorCode in older lib/pq and a
+// pqerror.Code (pq.ErrorCode its deprecated alias) in newer: the tests build
+// at both the oldest lib/pq go.mod allows and the newest.
+func setPQCode[C ~string](code *C, s string) { *code = C(s) }
 
 func TestClassifyPostgres(t *testing.T) {
 	tests := []struct {
@@ -77,7 +81,8 @@ func TestClassifyPostgres(t *testing.T) {
 			Kind: tt.kind, Scope: tt.scope, Retryable: tt.retry, Dialect: DialectPostgres,
 			Code: tt.code, SQLState: tt.code, Constraint: "c", Table: "t",
 		}
-		pqErr := &pq.Error{Code: pqerror.Code(tt.code), Constraint: "c", Table: "t", Column: "col"}
+		pqErr := &pq.Error{Constraint: "c", Table: "t", Column: "col"}
+		setPQCode(&pqErr.Code, tt.code)
 		pgxErr := &fakePgError{Code: tt.code, ConstraintName: "c", TableName: "t"}
 		for name, err := range wraps(pqErr) {
 			w := want
@@ -234,7 +239,9 @@ func TestClassifyPostgresMessages(t *testing.T) {
 		{"0A000", "cannot set transaction read-write mode during recovery", KindReadOnly, true},
 		{"0A000", "cannot use a transaction-scoped cursor here", KindUnknown, false},
 	} {
-		got := Classify(&pq.Error{Code: pqerror.Code(tt.code), Message: tt.msg})
+		pqErr := &pq.Error{Message: tt.msg}
+		setPQCode(&pqErr.Code, tt.code)
+		got := Classify(pqErr)
 		if got.Kind != tt.kind || got.Retryable != tt.retry || got.Code != tt.code {
 			t.Errorf("%s %q: Classify = %+v, want %v retryable %v", tt.code, tt.msg, got, tt.kind, tt.retry)
 		}

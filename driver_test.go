@@ -64,14 +64,42 @@ func TestIntegrationOptionalInterfaces(t *testing.T) {
 		ctx := context.Background()
 		big := uint64(1<<63 + 5)
 		if s.PG() {
-			// lib/pq's checker sends a large uint64 as text and a slice as an array.
-			var got string
-			if err := db.QueryRow("SELECT $1::numeric::text", big).Scan(&got); err != nil || got != "9223372036854775813" {
-				t.Errorf("uint64 through NamedValueChecker: %q, %v", got, err)
+			// lib/pq's checker (v1.11 on) sends a large uint64 as text and a
+			// slice as an array; without one (v1.10, the oldest go.mod
+			// allows) database/sql's default converter refuses both.
+			// Whichever lib/pq is linked, the wrapped driver must answer as
+			// the raw one does.
+			raw := s.openRaw(t)
+			rawConn, err := raw.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
 			}
-			var n int
-			if err := db.QueryRow("SELECT cardinality($1::int[])", []int64{1, 2, 3}).Scan(&n); err != nil || n != 3 {
-				t.Errorf("slice through NamedValueChecker: %d, %v", n, err)
+			var checker bool
+			_ = rawConn.Raw(func(dc any) error { _, checker = dc.(driver.NamedValueChecker); return nil })
+			rawConn.Close()
+			read := func(db *sql.DB, q string, arg any) string {
+				var got string
+				if err := db.QueryRow(q, arg).Scan(&got); err != nil {
+					return "error: " + err.Error()
+				}
+				return got
+			}
+			for _, c := range []struct {
+				what, q string
+				arg     any
+				want    string // with lib/pq's checker
+				refusal string // database/sql's, without it
+			}{
+				{"uint64", "SELECT $1::numeric::text", big, "9223372036854775813", "uint64 values with high bit set are not supported"},
+				{"slice", "SELECT cardinality($1::int[])::text", []int64{1, 2, 3}, "3", "unsupported type []int64"},
+			} {
+				got, rawGot := read(db, c.q, c.arg), read(raw, c.q, c.arg)
+				if got != rawGot {
+					t.Errorf("%s: wrapped %q, raw lib/pq %q", c.what, got, rawGot)
+				}
+				if checker && got != c.want || !checker && !strings.Contains(got, c.refusal) {
+					t.Errorf("%s through NamedValueChecker (lib/pq has one: %v): %q", c.what, checker, got)
+				}
 			}
 		} else {
 			tbl := s.table(t, db, "", "id INT PRIMARY KEY, u BIGINT UNSIGNED")

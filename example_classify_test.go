@@ -79,12 +79,15 @@ func ExampleError() {
 	fmt.Println(errors.Is(err, sqlconflict.ErrDeadlock))
 	var pqErr *pq.Error
 	fmt.Println(errors.As(err, &pqErr), pqErr.Code)
-	fmt.Println(err)
+	// The message is the base driver's own; lib/pq v1.11 on writes the
+	// SQLSTATE after it: pq: duplicate key value violates unique
+	// constraint "users_email_key" (23505).
+	fmt.Println(err.Error() == "signup: "+base.Error())
 	// Output:
 	// true
 	// false
 	// true 23505
-	// signup: pq: duplicate key value violates unique constraint "users_email_key" (23505)
+	// true
 }
 
 func ExampleTxAbortedError() {

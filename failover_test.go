@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lib/pq"
+
 	"github.com/sqlconflict/sqlconflict/internal/itest"
 )
 
@@ -206,6 +208,14 @@ func TestIntegrationFailoverRunTxRefusedDeadline(t *testing.T) {
 // foSetReadOnly makes a private primary read-only for new sessions (and
 // writable again), as an operator fencing it does, and waits until a new
 // session sees it.
+// pqMultiHost reports whether the linked lib/pq takes multi-host DSNs and
+// target_session_attrs, as v1.11 on does; before, it dials "port=A,B" as one
+// port. The tests run at both (.ci/check-versions).
+func pqMultiHost(t testing.TB) bool {
+	major, minor := itest.LinkedVersion(t, "github.com/lib/pq", pq.NewConnector)
+	return major > 1 || minor >= 11
+}
+
 func foSetReadOnly(t testing.TB, inst *itest.PGInstance, on bool) {
 	t.Helper()
 	db := foOpen(t, "postgres", inst.DSN())
@@ -281,6 +291,14 @@ func TestIntegrationFailoverPGStandby(t *testing.T) {
 		t.Cleanup(func() { foSetReadOnly(t, primary, false) })
 		multi := fmt.Sprintf("host=127.0.0.1,127.0.0.1 port=%d,%d user=postgres dbname=test sslmode=disable target_session_attrs=read-write connect_timeout=5",
 			standby.Port, primary.Port)
+		multiHost := pqMultiHost(t)
+		if !multiHost {
+			// lib/pq before v1.11 knows one host and no
+			// target_session_attrs: the same read-only spell through the
+			// read-only primary alone, whose refusal of the write (25006)
+			// is as read only, retryable and unapplied.
+			multi = fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=test sslmode=disable connect_timeout=5", primary.Port)
+		}
 
 		rawDB := foOpen(t, "postgres", multi)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -298,7 +316,7 @@ func TestIntegrationFailoverPGStandby(t *testing.T) {
 		if err == nil || cl.Kind != KindReadOnly || !cl.Retryable || cl.Scope != ScopeStatement {
 			t.Errorf("connect to read-only hosts: %s, want read only, retryable, nothing sent (statement)", foDescribe(err))
 		}
-		if !strings.Contains(fmt.Sprint(err), "session is read-only") || !strings.Contains(fmt.Sprint(err), "hot standby") {
+		if multiHost && (!strings.Contains(fmt.Sprint(err), "session is read-only") || !strings.Contains(fmt.Sprint(err), "hot standby")) {
 			t.Errorf("error %v does not name both refusals", err)
 		}
 		if n := foRows(t, pdb, tbl, tok); n != 0 {
@@ -944,6 +962,15 @@ func TestIntegrationFailoverWorkload(t *testing.T) {
 	pdb.Close() // its cleanup's DROP TABLE would go to the dead primary
 	multi := fmt.Sprintf("host=127.0.0.1,127.0.0.1 port=%d,%d user=postgres dbname=test sslmode=disable target_session_attrs=read-write connect_timeout=2",
 		primary.Port, standby.Port)
+	var vip *itest.Proxy
+	if !pqMultiHost(t) {
+		// lib/pq before v1.11 knows one host: the writers follow the
+		// failover through a virtual IP instead, a proxy moved from the
+		// primary to the standby once it is promoted.
+		vip = itest.NewProxy(t, fmt.Sprintf("127.0.0.1:%d", primary.Port))
+		host, port, _ := net.SplitHostPort(vip.Addr())
+		multi = fmt.Sprintf("host=%s port=%s user=postgres dbname=test sslmode=disable connect_timeout=2", host, port)
+	}
 
 	const writers = 4
 	const runFor, failAt = 8 * time.Second, 2 * time.Second
@@ -995,6 +1022,9 @@ func TestIntegrationFailoverWorkload(t *testing.T) {
 	killed := time.Since(start)
 	time.Sleep(time.Second) // a failover manager takes a moment to decide
 	standby.Promote(t)
+	if vip != nil {
+		vip.Retarget(fmt.Sprintf("127.0.0.1:%d", standby.Port))
+	}
 	promoted := time.Since(start)
 	time.Sleep(max(0, runFor-time.Since(start)))
 	close(stop)

@@ -1,13 +1,13 @@
 module github.com/sqlconflict/sqlconflict
 
-go 1.24.0
+go 1.22
 
 require (
 	github.com/DATA-DOG/go-sqlmock v1.5.2
-	github.com/go-sql-driver/mysql v1.10.1
-	github.com/lib/pq v1.12.3
+	github.com/go-sql-driver/mysql v1.8.1
+	github.com/lib/pq v1.10.9
 	github.com/ngrok/sqlmw v0.0.0-20220520173518-97c9c04efc79
 	go.uber.org/goleak v1.3.0
 )
 
-require filippo.io/edwards25519 v1.2.0 // indirect
+require filippo.io/edwards25519 v1.1.0 // indirect

@@ -474,7 +474,7 @@ func (r *optionReader) query(dsn string, q, end int, keys keyMode) (string, erro
 	// the password.
 	r.hide = strings.Contains(dsn[q:], "@")
 	var kept []string
-	for seg := range strings.SplitSeq(dsn[q+1:end], "&") {
+	for _, seg := range strings.Split(dsn[q+1:end], "&") {
 		key, val, _ := strings.Cut(seg, "=")
 		if keys != keysVerbatim {
 			if k, err := url.QueryUnescape(key); err == nil {

@@ -30,16 +30,83 @@ func optsWith(f func(*sqlconflict.Options)) sqlconflict.Options {
 func isConflictKey(k string) bool { return strings.HasPrefix(strings.ToLower(k), "conflict_") }
 
 // pqView is lib/pq's reading of dsn, without the conflict_* options it would
-// send to the server as run-time parameters; n counts those.
+// send to the server as run-time parameters; n counts those. The reading is
+// the one its Connector keeps, unexported and in two layouts: opts, a map of
+// every key (up to lib/pq v1.10), or cfg, a Config whose Runtime map holds
+// the keys lib/pq does not know (v1.11 on). The tests run at both ends of
+// the versions go.mod allows, so pqView copies whichever is there out as
+// plain values, dropping the conflict_* keys of its string maps.
 func pqView(dsn string) (view any, n int, err error) {
-	cfg, err := pq.NewConfig(dsn)
-	for k := range cfg.Runtime {
-		if isConflictKey(k) {
-			delete(cfg.Runtime, k)
-			n++
-		}
+	c, err := pq.NewConnector(dsn)
+	if err != nil {
+		return nil, 0, err
 	}
-	return cfg, n, err
+	v := reflect.ValueOf(c).Elem()
+	read := v.FieldByName("cfg")
+	if !read.IsValid() {
+		read = v.FieldByName("opts")
+	}
+	if !read.IsValid() {
+		// Not an error: fuzzSplit would take it for a DSN lib/pq rejects.
+		panic(fmt.Sprintf("pqView: a lib/pq Connector with neither cfg nor opts: %s", v.Type()))
+	}
+	view = plainView(read, &n)
+	return view, n, nil
+}
+
+// plainView copies v, unexported fields included, into maps, slices and
+// basic values that reflect.DeepEqual compares, leaving out the conflict_*
+// keys of string maps, which it counts in n.
+func plainView(v reflect.Value, n *int) any {
+	switch v.Kind() {
+	case reflect.Map:
+		if v.IsNil() {
+			return nil
+		}
+		if v.Type().Key().Kind() != reflect.String || v.Type().Elem().Kind() != reflect.String {
+			panic(fmt.Sprintf("plainView: a %s", v.Type()))
+		}
+		m := make(map[string]string, v.Len())
+		for it := v.MapRange(); it.Next(); {
+			if k := it.Key().String(); isConflictKey(k) {
+				*n++
+			} else {
+				m[k] = it.Value().String()
+			}
+		}
+		return m
+	case reflect.Struct:
+		m := make(map[string]any, v.NumField())
+		for i := 0; i < v.NumField(); i++ {
+			m[v.Type().Field(i).Name] = plainView(v.Field(i), n)
+		}
+		return m
+	case reflect.Slice, reflect.Array:
+		if v.Kind() == reflect.Slice && v.IsNil() {
+			return nil
+		}
+		s := make([]any, v.Len())
+		for i := range s {
+			s[i] = plainView(v.Index(i), n)
+		}
+		return s
+	case reflect.Pointer, reflect.Interface:
+		if v.IsNil() {
+			return nil
+		}
+		return plainView(v.Elem(), n)
+	case reflect.String:
+		return v.String()
+	case reflect.Bool:
+		return v.Bool()
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return v.Int()
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
+		return v.Uint()
+	case reflect.Float32, reflect.Float64:
+		return v.Float()
+	}
+	panic(fmt.Sprintf("plainView: a %s", v.Type()))
 }
 
 // mysqlView is go-sql-driver/mysql's reading of dsn, without the conflict_*
@@ -812,7 +879,7 @@ func FuzzSplitDSNPostgresKV(f *testing.F) {
 
 		// Tokenize as pq does: fail where it fails, on syntax.
 		_, _, err := sqlconflict.SplitDSN(dsn, formKV, sqlconflict.DefaultOptions())
-		_, pqErr := pq.NewConfig(dsn)
+		_, pqErr := pq.NewConnector(dsn)
 		pqSyntax := pqErr != nil && (strings.HasPrefix(pqErr.Error(), `missing "=" after`) ||
 			strings.HasPrefix(pqErr.Error(), "missing character after backslash") ||
 			strings.HasPrefix(pqErr.Error(), "unterminated quoted string"))

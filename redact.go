@@ -109,7 +109,7 @@ func urlPasswords(dsn string) []string {
 		}
 	}
 	if _, q, ok := strings.Cut(dsn, "?"); ok {
-		for seg := range strings.SplitSeq(q, "&") {
+		for _, seg := range strings.Split(q, "&") {
 			if k, v, _ := strings.Cut(seg, "="); k == "password" {
 				out = append(out, v)
 				if dec, err := url.QueryUnescape(v); err == nil {

@@ -513,7 +513,8 @@ func benchReplayMemory(b *testing.B, s server, k int, drv string) {
 	end(open()) // the steady state: every connection has run one such transaction
 	idle := heapLive()
 	var held []float64
-	for b.Loop() {
+	b.ResetTimer()
+	for range b.N {
 		base := heapLive()
 		txs := open()
 		live := heapLive()

@@ -5,6 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"io"
 	"log/slog"
 	"strings"
 	"testing"
@@ -72,7 +73,7 @@ func fastOptions(d Dialect) Options {
 	o.Dialect = d
 	o.Backoff, o.MaxBackoff = time.Microsecond, time.Microsecond
 	o.Savepoints = SavepointsWrites
-	o.Logger = slog.New(slog.DiscardHandler)
+	o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	return o
 }
 

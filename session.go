@@ -140,7 +140,7 @@ func dsnAutocommit(dsn string) autocommitState {
 	if !ok {
 		return autocommitOn
 	}
-	for seg := range strings.SplitSeq(query, "&") {
+	for _, seg := range strings.Split(query, "&") {
 		key, val, _ := strings.Cut(seg, "=")
 		if key != "autocommit" {
 			continue

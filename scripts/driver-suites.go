@@ -1,32 +1,38 @@
 //go:build ignore
 
 // driver-suites runs the base drivers' own test suites, go-sql-driver/mysql's
-// and lib/pq's (the versions in this repository's go.mod), twice: on the raw
-// driver, and through sqlconflict. It prints each run's totals and every test
-// whose outcome differs, and exits 1 if a test fails (or panics) only through
-// the wrapper.
+// and lib/pq's (the versions go.work selects, the newest any module
+// requires; .ci/check-versions tests the root's go.mod minimums) and pgx
+// v5's stdlib package's, twice: on the raw driver, and through sqlconflict. It prints each run's totals and every test whose
+// outcome differs, and exits 1 if a test fails (or panics) only through the
+// wrapper.
 //
 // Usage, from anywhere in the repository:
 //
-//	go run scripts/driver-suites.go [-suites mysql,pq] [-reruns 5] [-timeout 6m] [-race] [-keep] [-v]
+//	go run scripts/driver-suites.go [-suites mysql,pq,pgx] [-reruns 5] [-timeout 6m] [-race] [-keep] [-v]
 //
 // For each suite it copies the module's source from the module cache into a
 // temporary folder (same module path), adds a replace of
-// github.com/sqlconflict/sqlconflict to this repository, adds two test files
-// (an internal one with hooks, an external one that sets them when
+// github.com/sqlconflict/sqlconflict to this repository (and, for pgx, of
+// github.com/sqlconflict/sqlconflict/pgx to its pgx folder), adds two test
+// files (one with hooks, an external one that sets them when
 // SQLCONFLICT_SUITE_WRAP=1), makes the few edits listed below (each printed
-// with its line), and builds one test binary. The baseline is that binary with
-// the switch off; the wrapped run is the same binary with it on. Wrapped, the
-// suite's sql.Open driver name is sqlconflict's registered driver (behind a
-// pass-through that notes each use), the connectors it passes to sql.OpenDB
-// go through sqlconflict.NewConnector with DefaultOptions, and (mysql) the
-// functions given to Conn.Raw start with sqlconflict.BaseConn, as a user's
-// would.
+// with its line), and builds one test binary (pgx: of its stdlib package).
+// The baseline is that binary with the switch off; the wrapped run is the
+// same binary with it on. Wrapped, the suite's sql.Open driver name is
+// sqlconflict's registered driver ("sqlconflict-mysql", "sqlconflict-postgres",
+// "sqlconflict-pgx"; behind a pass-through that notes each use), the
+// connectors it passes to sql.OpenDB go through sqlconflict.NewConnector with
+// DefaultOptions, (pgx) its stdlib.OpenDB calls are the pgx module's OpenDB
+// with DefaultOptions, and (mysql, pgx) the functions given to Conn.Raw start
+// with sqlconflict.BaseConn, as a user's would.
 //
 // The servers: MariaDB/MySQL at MYSQL_TEST_ADDR (default 127.0.0.1:3306, user
 // root, no password, database test) and PostgreSQL through the PG*
 // variables (default 127.0.0.1:5432, user postgres, database test,
-// sslmode=disable); variables already set in the environment are kept. The
+// sslmode=disable) and, for pgx, PGX_TEST_DATABASE (default
+// postgres://postgres@127.0.0.1:5432/test?sslmode=disable); variables already
+// set in the environment are kept. The
 // suites create and drop their own tables there. Failures that come from the
 // machine (no TLS, missing roles or databases the suites expect) happen in
 // both runs and are not differences.
@@ -86,9 +92,16 @@ type edit struct {
 type suite struct {
 	name   string // flag name
 	module string
-	env    [][2]string // variable, default
-	files  map[string]string
-	edits  []edit
+	// pkg is the folder of the package whose tests run, in the module
+	// ("": its root).
+	pkg string
+	// wrapper is the module of this repository whose driver the wrapped
+	// run uses, as a folder ("": the root; "pgx"): its go.mod gives the
+	// module's version, and the copy requires it beside the root.
+	wrapper string
+	env     [][2]string // variable, default
+	files   map[string]string
+	edits   []edit
 	// skip is the -test.skip of both runs: tests that would send traffic
 	// off this machine (a dial to a public or broadcast address), which the
 	// runs must not do.
@@ -276,6 +289,92 @@ func SetWrapConnector(f func(driver.Connector) driver.Connector) { sqlconflictCo
 				"TestListenerClose panics the same way in raw runs under the suite's parallel load",
 		}},
 	},
+	{
+		name:    "pgx",
+		module:  "github.com/jackc/pgx/v5",
+		pkg:     "stdlib",
+		wrapper: "pgx",
+		env: [][2]string{
+			{"PGX_TEST_DATABASE", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"},
+		},
+		files: map[string]string{
+			"stdlib/sqlconflict_hooks_test.go": `package stdlib_test
+
+` + hookComment + `// Unset, the hooks change nothing: the baseline is the suite as published.
+
+import "github.com/jackc/pgx/v5/stdlib"
+
+var (
+	// sqlconflictDriverName is the driver name the suite's sql.Open calls use.
+	sqlconflictDriverName = "pgx"
+	// sqlconflictUnwrap is what the suite's Conn.Raw functions apply to the
+	// driver connection they are given before asserting its type.
+	sqlconflictUnwrap = func(c any) any { return c }
+	// sqlconflictOpenDB and sqlconflictOpenDBFromPool stand for
+	// stdlib.OpenDB and stdlib.OpenDBFromPool.
+	sqlconflictOpenDB         = stdlib.OpenDB
+	sqlconflictOpenDBFromPool = stdlib.OpenDBFromPool
+)
+`,
+			"stdlib/sqlconflict_wrap_test.go": wrapTest("stdlib", `
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	sqlconflictpgx "github.com/sqlconflict/sqlconflict/pgx"`, "sqlconflictpgx.DriverName", `"host=127.0.0.1 port=1"`, `
+	sqlconflictDriverName = suiteDriverName
+	sqlconflictUnwrap = func(c any) any { return sqlconflict.BaseConn(c) }
+	sqlconflictOpenDB = func(config pgx.ConnConfig, opts ...stdlib.OptionOpenDB) *sql.DB {
+		db, err := sqlconflictpgx.OpenDB(config, sqlconflict.DefaultOptions(), opts...)
+		if err != nil {
+			panic(err)
+		}
+		noteUse()
+		return db
+	}
+	sqlconflictOpenDBFromPool = func(pool *pgxpool.Pool, opts ...stdlib.OptionOpenDB) *sql.DB {
+		db := sql.OpenDB(wrapConnector(stdlib.GetPoolConnector(pool, opts...)))
+		db.SetMaxIdleConns(0) // as stdlib.OpenDBFromPool does
+		return db
+	}`, "sqlconflictDriverName"),
+		},
+		edits: []edit{
+			{
+				file:  "stdlib/sql_test.go",
+				re:    regexp.MustCompile(`sql\.Open\("pgx", `),
+				repl:  `sql.Open(sqlconflictDriverName, `,
+				count: 3,
+				why:   "TestRegisterConnConfig (a name from stdlib.RegisterConnConfig) and TestCheckIdleConn open \"pgx\" by name (\"pgx\" in the baseline; TestSQLOpen, which checks pgx's own names, is left alone)",
+			},
+			{
+				file:  "stdlib/sql_test.go",
+				re:    regexp.MustCompile(`stdlib\.OpenDB\(`),
+				repl:  `sqlconflictOpenDB(`,
+				count: 4,
+				why:   "openDB, behind most tests, and the other tests that open a pgx.ConnConfig go through the pgx module's OpenDB with DefaultOptions when wrapped, as a config built in code does (stdlib.OpenDB in the baseline)",
+			},
+			{
+				file:  "stdlib/sql_go1.27_test.go",
+				re:    regexp.MustCompile(`stdlib\.OpenDB\(`),
+				repl:  `sqlconflictOpenDB(`,
+				count: 1,
+				why:   "likewise (built by Go 1.27 and later only)",
+			},
+			{
+				file:  "stdlib/sql_test.go",
+				re:    regexp.MustCompile(`stdlib\.OpenDBFromPool\(`),
+				repl:  `sqlconflictOpenDBFromPool(`,
+				count: 1,
+				why:   "a pgxpool connector goes through sqlconflict.NewConnector when wrapped (stdlib.OpenDBFromPool in the baseline)",
+			},
+			{
+				file:  "stdlib/sql_test.go",
+				re:    regexp.MustCompile(`driverConn\.\(\*stdlib\.Conn\)`),
+				repl:  `sqlconflictUnwrap(driverConn).(*stdlib.Conn)`,
+				count: 5,
+				why:   "a Raw function asserts *stdlib.Conn: it unwraps first, as sqlconflict.BaseConn documents (identity in the baseline)",
+			},
+		},
+	},
 }
 
 // cancelCut is why a lib/pq test that cancels pg_sleep and expects 57014
@@ -311,6 +410,8 @@ import (
 	"database/sql/driver"
 	"io"
 	"os"
+	"reflect"
+	"strings"
 	"testing"
 IMPORTS
 	"github.com/sqlconflict/sqlconflict"
@@ -385,14 +486,19 @@ func (c notingConnector) Close() error {
 }
 
 // TestSQLConflictSuiteSwitch checks that the switch took: wrapped, the suite's
-// driver is sqlconflict's; otherwise the base driver's.
+// driver is sqlconflict's (*sqlconflict.Driver, or the pgx module's);
+// otherwise the base driver's.
 func TestSQLConflictSuiteSwitch(t *testing.T) {
 	db, err := sql.Open(CURRENT, DSN)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	_, isWrapped := db.Driver().(*sqlconflict.Driver)
+	typ := reflect.TypeOf(db.Driver())
+	if typ.Kind() == reflect.Pointer {
+		typ = typ.Elem()
+	}
+	isWrapped := typ.PkgPath() == "github.com/sqlconflict/sqlconflict" || strings.HasPrefix(typ.PkgPath(), "github.com/sqlconflict/sqlconflict/")
 	t.Logf("driver %q: %T", CURRENT, db.Driver())
 	if isWrapped != sqlconflictWrapped {
 		t.Fatalf("wrapped = %v, want %v", isWrapped, sqlconflictWrapped)
@@ -401,7 +507,7 @@ func TestSQLConflictSuiteSwitch(t *testing.T) {
 `
 
 var (
-	flagSuites  = flag.String("suites", "mysql,pq", "suites to run, comma-separated: mysql, pq")
+	flagSuites  = flag.String("suites", "mysql,pq,pgx", "suites to run, comma-separated: mysql, pq, pgx")
 	flagReruns  = flag.Int("reruns", 5, "times each differing test is run again, each way")
 	flagRace    = flag.Bool("race", false, "build the suites with -race")
 	flagKeep    = flag.Bool("keep", false, "keep the temporary copies (their path is printed)")
@@ -495,10 +601,17 @@ func goCmd(dir string, args ...string) (string, error) {
 
 func runSuite(repo, tmp string, s suite) (int, error) {
 	t0 := time.Now()
-	version, err := goCmd(repo, "list", "-m", "-f", "{{.Version}}", s.module)
+	// The version the workspace's own test run uses (go.work selects the
+	// newest any module requires: the demo pins the latest base drivers),
+	// not the root's go.mod minimum, which check-versions tests.
+	lc := exec.Command("go", "list", "-m", "-f", "{{.Version}}", s.module)
+	lc.Dir = filepath.Join(repo, s.wrapper)
+	lc.Env = append(os.Environ(), "GOTOOLCHAIN=local")
+	vout, err := lc.CombinedOutput()
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("go list -m %s: %v\n%s", s.module, err, vout)
 	}
+	version := string(vout)
 	version = strings.TrimSpace(version)
 	fmt.Printf("\n==== %s %s: its own test suite, raw and through sqlconflict\n", s.module, version)
 	out, err := goCmd(repo, "mod", "download", "-json", s.module+"@"+version)
@@ -522,13 +635,17 @@ func runSuite(repo, tmp string, s suite) (int, error) {
 	if *flagRace {
 		args = append(args, "-race")
 	}
-	if _, err := goCmd(dir, append(args, ".")...); err != nil {
+	if _, err := goCmd(dir, append(args, "./"+s.pkg)...); err != nil {
 		return 0, err
 	}
 	fmt.Printf("built %s in %s\n", bin, time.Since(t0).Round(time.Second))
 
 	env := suiteEnv(s)
-	r := &runner{pkg: s.module, dir: dir, bin: bin, env: env, skip: s.skip, uses: filepath.Join(tmp, s.name+".uses")}
+	pkg, pkgDir := s.module, dir
+	if s.pkg != "" {
+		pkg, pkgDir = s.module+"/"+s.pkg, filepath.Join(dir, filepath.FromSlash(s.pkg))
+	}
+	r := &runner{pkg: pkg, dir: pkgDir, bin: bin, env: env, skip: s.skip, uses: filepath.Join(tmp, s.name+".uses")}
 	if s.skip != "" {
 		fmt.Printf("skipped in both runs: -test.skip='%s': %s\n", s.skip, s.skipWhy)
 	}
@@ -629,15 +746,12 @@ func patch(repo, dir string, s suite) error {
 		}
 	}
 
-	// go.mod: require and replace sqlconflict, at least its go line; go.sum:
-	// this repository's (the hashes of sqlconflict's requirements).
-	selfGo, err := goCmd(repo, "mod", "edit", "-json")
-	if err != nil {
-		return err
-	}
-	var mf struct{ Go string }
-	if err := json.Unmarshal([]byte(selfGo), &mf); err != nil {
-		return err
+	// go.mod: require and replace sqlconflict (and the suite's wrapper
+	// module, pgx's), at least their go lines; go.sum: theirs (the hashes of
+	// their requirements).
+	mods := [][2]string{{self, repo}} // module path, folder
+	if s.wrapper != "" {
+		mods = append(mods, [2]string{self + "/" + s.wrapper, filepath.Join(repo, filepath.FromSlash(s.wrapper))})
 	}
 	cur, err := goCmd(dir, "mod", "edit", "-json")
 	if err != nil {
@@ -647,25 +761,43 @@ func patch(repo, dir string, s suite) error {
 	if err := json.Unmarshal([]byte(cur), &cf); err != nil {
 		return err
 	}
-	edits := []string{"-require=" + self + "@v0.0.0", "-replace=" + self + "=" + repo}
-	fmt.Printf("edit go.mod: require %s v0.0.0, replace it => %s\n", self, repo)
-	if versionLess(cf.Go, mf.Go) {
-		edits = append(edits, "-go="+mf.Go)
-		fmt.Printf("edit go.mod: go %s -> go %s (%s's go line; the copy must be at least that)\n", cf.Go, mf.Go, self)
-	}
-	if _, err := goCmd(dir, append([]string{"mod", "edit"}, edits...)...); err != nil {
-		return err
-	}
-	sum, err := os.ReadFile(filepath.Join(repo, "go.sum"))
-	if err != nil {
-		return err
-	}
+	goLine, goFrom := cf.Go, ""
+	var edits []string
 	f, err := os.OpenFile(filepath.Join(dir, "go.sum"), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
 	if err != nil {
 		return err
 	}
-	f.Write(sum)
-	f.Close()
+	defer f.Close()
+	for _, m := range mods {
+		modGo, err := goCmd(m[1], "mod", "edit", "-json")
+		if err != nil {
+			return err
+		}
+		var mf struct{ Go string }
+		if err := json.Unmarshal([]byte(modGo), &mf); err != nil {
+			return err
+		}
+		if versionLess(goLine, mf.Go) {
+			goLine, goFrom = mf.Go, m[0]
+		}
+		edits = append(edits, "-require="+m[0]+"@v0.0.0", "-replace="+m[0]+"="+m[1])
+		fmt.Printf("edit go.mod: require %s v0.0.0, replace it => %s\n", m[0], m[1])
+		sum, err := os.ReadFile(filepath.Join(m[1], "go.sum"))
+		if err != nil {
+			return err
+		}
+		f.Write(sum)
+	}
+	if goFrom != "" {
+		edits = append(edits, "-go="+goLine)
+		fmt.Printf("edit go.mod: go %s -> go %s (%s's go line; the copy must be at least that)\n", cf.Go, goLine, goFrom)
+	}
+	if _, err := goCmd(dir, append([]string{"mod", "edit"}, edits...)...); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
 	if _, err := goCmd(dir, "mod", "tidy"); err != nil {
 		return err
 	}

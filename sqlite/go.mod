@@ -3,16 +3,16 @@ module github.com/sqlconflict/sqlconflict/sqlite
 go 1.26.0
 
 require (
-	github.com/sqlconflict/sqlconflict v0.0.0-00010101000000-000000000000
+	github.com/sqlconflict/sqlconflict v0.1.0
 	modernc.org/sqlite v1.61.1
 )
 
 require (
-	filippo.io/edwards25519 v1.2.0 // indirect
+	filippo.io/edwards25519 v1.1.0 // indirect
 	github.com/dustin/go-humanize v1.1.0 // indirect
-	github.com/go-sql-driver/mysql v1.10.1 // indirect
+	github.com/go-sql-driver/mysql v1.8.1 // indirect
 	github.com/google/uuid v1.6.0 // indirect
-	github.com/lib/pq v1.12.3 // indirect
+	github.com/lib/pq v1.10.9 // indirect
 	github.com/mattn/go-isatty v0.0.24 // indirect
 	github.com/ncruces/go-strftime v1.1.0 // indirect
 	github.com/ngrok/sqlmw v0.0.0-20220520173518-97c9c04efc79 // indirect

@@ -3,10 +3,10 @@ module github.com/sqlconflict/sqlconflict/cmd/sqlconflict-race
 go 1.26.0
 
 require (
-	github.com/go-sql-driver/mysql v1.10.1
+	github.com/go-sql-driver/mysql v1.11.0
 	github.com/lib/pq v1.12.3
-	github.com/sqlconflict/sqlconflict v0.0.0-00010101000000-000000000000
-	github.com/sqlconflict/sqlconflict/sqlite v0.0.0-00010101000000-000000000000
+	github.com/sqlconflict/sqlconflict v0.1.0
+	github.com/sqlconflict/sqlconflict/sqlite v0.1.0
 	golang.org/x/term v0.47.0
 )
 

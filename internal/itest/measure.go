@@ -107,7 +107,8 @@ func Pairs(b *testing.B, raw, wrapped *sql.DB, deadline bool, op func(context.Co
 	do(raw) // open both connections outside the timed loop
 	do(wrapped)
 	var rawT, wrappedT, ratios []float64
-	for i := 0; b.Loop(); i++ {
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
 		var r, w time.Duration
 		if i%2 == 0 {
 			r, w = do(raw), do(wrapped)

@@ -18,7 +18,6 @@ import (
 // methods are safe for concurrent use; t's cleanup closes it and waits for
 // its goroutines.
 type Proxy struct {
-	target   string
 	ln       net.Listener
 	ctx      context.Context // done once the proxy is closed: ends dials and held links
 	cancel   context.CancelFunc
@@ -26,6 +25,7 @@ type Proxy struct {
 	accepted atomic.Int64
 
 	mu      sync.Mutex
+	target  string // host:port new links are forwarded to (Retarget)
 	links   map[*proxyConn]struct{}
 	stall   chan struct{} // non-nil while stalled; Resume closes it
 	stallOn []byte        // StallOn's trigger: client bytes that stall the proxy before they are forwarded
@@ -63,6 +63,15 @@ func NewProxy(t testing.TB, target string) *Proxy {
 
 // Addr is the proxy's host:port, to put in a DSN in place of the target.
 func (p *Proxy) Addr() string { return p.ln.Addr().String() }
+
+// Retarget forwards new connections to target (host:port) from now on,
+// as a virtual IP moved to a promoted standby does; links already made
+// stay with the old target.
+func (p *Proxy) Retarget(target string) {
+	p.mu.Lock()
+	p.target = target
+	p.mu.Unlock()
+}
 
 // Accepted is the number of connections the proxy has accepted, refused
 // and reset ones included.
@@ -223,8 +232,11 @@ func (l *proxyConn) close() {
 // directions end or the link is cut.
 func (p *Proxy) serve(client net.Conn) {
 	defer p.wg.Done()
+	p.mu.Lock()
+	target := p.target
+	p.mu.Unlock()
 	ctx, cancel := context.WithTimeout(p.ctx, proxyDialTimeout)
-	server, err := (&net.Dialer{}).DialContext(ctx, "tcp", p.target)
+	server, err := (&net.Dialer{}).DialContext(ctx, "tcp", target)
 	cancel()
 	if err != nil {
 		client.Close()

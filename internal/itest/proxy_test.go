@@ -3,6 +3,7 @@ package itest
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -90,6 +91,20 @@ func connectFailed(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
 		errors.Is(err, mysql.ErrInvalidConn)
+}
+
+// mysqlConnectFailed is connectFailed for go-sql-driver/mysql's connect,
+// which before v1.9.0 turns a handshake cut short into driver.ErrBadConn
+// (database/sql then retries, and returns that; a failed dial it returns
+// as is); v1.9.0 on returns the read's error. The check is the linked
+// version's (LinkedVersion).
+func mysqlConnectFailed(t *testing.T, err error) bool {
+	t.Helper()
+	if major, minor := LinkedVersion(t, "github.com/go-sql-driver/mysql", mysql.NewConnector); major == 1 && minor < 9 &&
+		errors.Is(err, driver.ErrBadConn) {
+		return true
+	}
+	return connectFailed(err)
 }
 
 func TestProxyPG(t *testing.T) {
@@ -242,13 +257,13 @@ func testProxyMySQL(t *testing.T, cfg *mysql.Config) {
 		p.Refuse()
 		err := ping("mysql", dsn)
 		t.Logf("go-sql-driver/mysql connect, refused: %v", err)
-		if !connectFailed(err) {
+		if !mysqlConnectFailed(t, err) {
 			t.Fatalf("connect while refused: %v, want EOF or a reset", err)
 		}
 		p.ResetNew()
 		err = ping("mysql", dsn)
 		t.Logf("go-sql-driver/mysql connect, reset: %v", err)
-		if !connectFailed(err) {
+		if !mysqlConnectFailed(t, err) {
 			t.Fatalf("connect while reset: %v, want a reset", err)
 		}
 		p.Normal()
