@@ -161,8 +161,9 @@ func TestIntegrationOwnStatementsBounded(t *testing.T) {
 // lib/pq's cancel request but is slow to deliver the statement's own answer
 // (the proxy holds the session's link, new connections pass) is alive, not
 // frozen: the caller gets the server's 57014, as raw lib/pq does, within two
-// graces of its deadline. The same delay with
-// the cancel request held too is cut after one grace (sock.go).
+// graces of its deadline, connect_timeout set or not (lib/pq then cancels
+// the cancel request's dial context as soon as the dial returns). The same
+// delay with the cancel request held too is cut after one grace (sock.go).
 func TestIntegrationHardBoundLiveServer(t *testing.T) {
 	s, _ := pgServer(t)
 	target, dsnVia := s.viaProxy(t)
@@ -175,14 +176,16 @@ func TestIntegrationHardBoundLiveServer(t *testing.T) {
 		stall     func(p *itest.Proxy)
 		drv       string
 		want57014 bool
+		params    []string
 	}{
-		{"raw", (*itest.Proxy).StallExisting, s.Raw, true},
-		{"wrapped, cancel request answered", (*itest.Proxy).StallExisting, s.Driver, true},
-		{"wrapped, cancel request held", (*itest.Proxy).Stall, s.Driver, false},
+		{"raw", (*itest.Proxy).StallExisting, s.Raw, true, nil},
+		{"wrapped, cancel request answered", (*itest.Proxy).StallExisting, s.Driver, true, nil},
+		{"wrapped, connect_timeout, cancel request answered", (*itest.Proxy).StallExisting, s.Driver, true, []string{"connect_timeout=20"}},
+		{"wrapped, cancel request held", (*itest.Proxy).Stall, s.Driver, false, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			proxy := itest.NewProxy(t, target)
-			db, err := sql.Open(tc.drv, dsnVia(proxy.Addr()))
+			db, err := sql.Open(tc.drv, itest.WithParams(dsnVia(proxy.Addr()), tc.params...))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -214,8 +214,15 @@ func (ic *interceptor) cutErr(w *watchdog, err error) error {
 // and hands each socket to the connection that Connect is opening, found
 // in the dial's context. A socket dialed without one is lib/pq's cancel
 // request (it dials with a context of its own, bounded by ten seconds):
-// it is bounded by that context, so that a frozen server cannot keep its
-// goroutine waiting for ever.
+// it is bounded by that context's deadline, so that a frozen server cannot
+// keep its goroutine waiting for ever. By the deadline, not by the
+// context's end: as with net.Dialer, a context that ends once the dial has
+// returned must leave the connection alone, and lib/pq's dial cancels its
+// context as soon as the dial returns when connect_timeout is set. Bound
+// by that end, the cancel request's write or its read of the server's
+// answer failed at once: the server never got the request, or its answer
+// was never seen and the grace of the statement being canceled was not
+// stretched (the statement cut, where raw lib/pq gets the server's 57014).
 type dialer struct {
 	d     net.Dialer
 	grace time.Duration
@@ -256,6 +263,10 @@ func (d *dialer) answered(addr string) {
 
 var _ pq.DialerContext = (*dialer)(nil)
 
+// spareBound bounds a cancel request dialed with a context without a
+// deadline, as lib/pq bounds its own (watchCancelDialContextTimeout).
+const spareBound = 10 * time.Second
+
 // connSlot collects the sockets dialed while one connection is opened,
 // with the Connect call's context.
 type connSlot struct {
@@ -280,9 +291,11 @@ func (d *dialer) DialContext(ctx context.Context, network, address string) (net.
 		slot.dogs = append(slot.dogs, s.watch(slot.ctx))
 	} else {
 		s.spare = true
-		if ctx.Done() != nil {
-			context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })
+		end, ok := ctx.Deadline()
+		if !ok {
+			end = time.Now().Add(spareBound)
 		}
+		_ = c.SetDeadline(end)
 	}
 	return s, nil
 }

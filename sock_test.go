@@ -253,3 +253,79 @@ func TestWatchdogStretch(t *testing.T) {
 		t.Errorf("%d watchdogs still tracked after their calls returned", len(d.fired))
 	}
 }
+
+// TestCancelRequestOutlivesDialContext: with connect_timeout, lib/pq's dial
+// cancels its context as soon as the dial returns (dial, conn.go), and then
+// sends the cancel request and reads until the server closes. The end of
+// that context must not cut the cancel request's socket: the request is
+// sent, the server's close is seen, and the canceled statement's running
+// grace is stretched. The socket stays bounded by the context's deadline.
+func TestCancelRequestOutlivesDialContext(t *testing.T) {
+	const grace = 100 * time.Millisecond
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	conns := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns <- c
+		}
+	}()
+	d := &dialer{grace: grace}
+	// dial dials as lib/pq's dial does with connect_timeout: a context of
+	// its own with that timeout, canceled once the dial has returned.
+	dial := func(timeout time.Duration) (*sock, net.Conn) {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		c, err := d.DialContext(ctx, "tcp", ln.Addr().String())
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := <-conns
+		t.Cleanup(func() { c.Close(); srv.Close() })
+		return c.(*sock), srv
+	}
+	t.Run("the cancel request is sent and answered", func(t *testing.T) {
+		s, srv := dial(20 * time.Second) // the statement's connection
+		ctx, cancel := context.WithCancel(context.Background())
+		w := s.watch(ctx)
+		cancel() // the statement's grace is running
+
+		cs, csrv := dial(20 * time.Second)
+		time.Sleep(20 * time.Millisecond) // anything the dial's end set off has run
+		req := make([]byte, 16)           // a CancelRequest's size
+		if _, err := cs.Write(req); err != nil {
+			t.Fatalf("the cancel request's write: %v", err)
+		}
+		go func() {
+			_, _ = io.ReadFull(csrv, make([]byte, len(req)))
+			csrv.Close() // the server signalled the backend
+		}()
+		if _, err := cs.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("the cancel request's read: %v, want EOF", err)
+		}
+		go func() { time.Sleep(grace * 3 / 2); srv.Write([]byte("x")) }() // the 57014, past one grace
+		_, err := s.Read(make([]byte, 1))
+		if w.done(err) || err != nil {
+			t.Errorf("the statement's read: %v, want the answer within the stretched grace", err)
+		}
+	})
+	t.Run("a frozen server: bounded by the dial's deadline", func(t *testing.T) {
+		cs, _ := dial(50 * time.Millisecond)
+		start := time.Now()
+		_, err := cs.Read(make([]byte, 1)) // never answered
+		took := time.Since(start)
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("read: %v, want the deadline", err)
+		}
+		if took > time.Second {
+			t.Errorf("the cancel request waited %v, want about 50ms", took)
+		}
+	})
+}
