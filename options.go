@@ -251,29 +251,24 @@ func (o Options) Validate() error {
 // resolved zero as the default.
 func (o Options) resolved() Options {
 	d := DefaultOptions()
-	count := func(v *int, def int) {
-		if *v == 0 {
-			*v = def
-		} else if *v < 0 {
-			*v = 0
-		}
-	}
-	duration := func(v *time.Duration, def time.Duration) {
-		if *v == 0 {
-			*v = def
-		} else if *v < 0 {
-			*v = 0
-		}
-	}
-	count(&o.Retries, d.Retries)
-	duration(&o.RetryTimeout, d.RetryTimeout)
-	duration(&o.Backoff, d.Backoff)
-	duration(&o.MaxBackoff, d.MaxBackoff)
-	count(&o.SavepointBudget, d.SavepointBudget)
-	duration(&o.CancelGrace, d.CancelGrace)
-	count(&o.ReplayStatements, d.ReplayStatements)
-	count(&o.ReplayBytes, d.ReplayBytes)
+	resolve(&o.Retries, d.Retries)
+	resolve(&o.RetryTimeout, d.RetryTimeout)
+	resolve(&o.Backoff, d.Backoff)
+	resolve(&o.MaxBackoff, d.MaxBackoff)
+	resolve(&o.SavepointBudget, d.SavepointBudget)
+	resolve(&o.CancelGrace, d.CancelGrace)
+	resolve(&o.ReplayStatements, d.ReplayStatements)
+	resolve(&o.ReplayBytes, d.ReplayBytes)
 	return o
+}
+
+// resolve sets a zero *v to def and a negative one to zero.
+func resolve[T int | time.Duration](v *T, def T) {
+	if *v == 0 {
+		*v = def
+	} else if *v < 0 {
+		*v = 0
+	}
 }
 
 // DSNForm says which DSN syntax to read.

@@ -189,21 +189,7 @@ func TestWatchdog(t *testing.T) {
 // frozen server, a partition) the call is cut after one grace.
 func TestWatchdogStretch(t *testing.T) {
 	const grace = 100 * time.Millisecond
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	conns := make(chan net.Conn, 4)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conns <- c
-		}
-	}()
+	ln, conns := acceptAll(t)
 	d := &dialer{grace: grace}
 	dial := func() (*sock, net.Conn) {
 		c, err := d.DialContext(context.Background(), "tcp", ln.Addr().String())
@@ -262,21 +248,7 @@ func TestWatchdogStretch(t *testing.T) {
 // grace is stretched. The socket stays bounded by the context's deadline.
 func TestCancelRequestOutlivesDialContext(t *testing.T) {
 	const grace = 100 * time.Millisecond
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	conns := make(chan net.Conn, 4)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conns <- c
-		}
-	}()
+	ln, conns := acceptAll(t)
 	d := &dialer{grace: grace}
 	// dial dials as lib/pq's dial does with connect_timeout: a context of
 	// its own with that timeout, canceled once the dial has returned.
@@ -328,4 +300,26 @@ func TestCancelRequestOutlivesDialContext(t *testing.T) {
 			t.Errorf("the cancel request waited %v, want about 50ms", took)
 		}
 	})
+}
+
+// acceptAll listens on loopback and hands every accepted connection to the
+// channel, until the test ends.
+func acceptAll(t *testing.T) (net.Listener, chan net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	conns := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns <- c
+		}
+	}()
+	return ln, conns
 }
