@@ -48,7 +48,8 @@ type replayLog struct {
 	failed   time.Time          // its first replayed conflict: the time budget starts there
 	endBegin context.CancelFunc // ends the context of the replay's BeginTx
 	// changed: in the last replay a statement affected another number of
-	// rows than the first time, which the application had not asked for.
+	// rows than the first time, which the application had not asked for,
+	// or a write affected none (metAgain).
 	changed bool
 	same    int           // replays in a row that met the same unique violation, nothing changed (metAgain)
 	wait    time.Duration // the backoff before the last replay, for the Observer
@@ -514,10 +515,14 @@ func (ic *interceptor) resend1(ctx context.Context, e *replayEntry, n int) error
 			}
 			if !ic.rp.changed {
 				// Not a difference the application saw, but the world
-				// moved since the first attempt (metAgain).
+				// moved since the first attempt, or may be moving: a
+				// write that found no rows may have waited for another
+				// transaction that took them, the winner of the moment
+				// in a delete-then-insert storm, which a later replay
+				// can follow (metAgain).
 				was, werr := r.res.RowsAffected()
 				now, nerr := res.RowsAffected()
-				ic.rp.changed = was != now || (werr != nil) != (nerr != nil)
+				ic.rp.changed = was != now || (werr != nil) != (nerr != nil) || nerr == nil && now == 0
 			}
 			r.res = res
 		}
@@ -763,7 +768,10 @@ func (ic *interceptor) baseTx(tx driver.Tx) driver.Tx {
 // as long as the retry budget lasts. The application gets its first error,
 // with the transaction aborted by the second, as it was by the first. A
 // replay whose statements found the rows changed (Airflow's DELETE now
-// deleting the winner's row) is a race still being run, and goes on.
+// deleting the winner's row), or a write of it that found none (the DELETE
+// that waited for the winner of the moment, whose row it then no longer
+// sees), is a race that may still be running, and goes on within the
+// retry budget.
 func (ic *interceptor) metAgain(c *call, cl Class) bool {
 	l := &ic.rp
 	if !c.replayed || cl.Kind != KindUniqueViolation || l.changed {

@@ -234,6 +234,55 @@ func TestReplayUniqueViolationAgain(t *testing.T) {
 			t.Errorf("%d events %+v, want %d replays", len(*ev), (*ev), uniqueAgain)
 		}
 	})
+	t.Run("a write found no rows", func(t *testing.T) {
+		// Airflow's delete-then-insert storm: each replay's DELETE waits
+		// for the winner of the moment and then finds no row, the same 0
+		// as the first time, and its INSERT meets the winner's row. That
+		// is a race being run, not the data's answer: the replays go on
+		// past uniqueAgain, within the retry budget, until one wins.
+		db, mock, ev := observedMockDB(t, DialectPostgres)
+		none := sqlmock.NewResult(0, 0)
+		ok := sqlmock.NewResult(0, 1)
+		del, ins := "DELETE FROM f WHERE k = 1", "INSERT INTO f VALUES (1)"
+		mock.ExpectBegin()
+		mock.ExpectExec(exact(del)).WillReturnResult(none)
+		mock.ExpectExec(exact(ins)).WillReturnError(errPGUnique)
+		lost := uniqueAgain + 3
+		for i := range lost {
+			mock.ExpectRollback()
+			if i == 0 {
+				expectSchema(mock, DialectPostgres)
+			}
+			mock.ExpectBegin()
+			mock.ExpectExec(exact(del)).WillReturnResult(none)
+			if i < lost-1 {
+				mock.ExpectExec(exact(ins)).WillReturnError(errPGUnique)
+			} else {
+				mock.ExpectExec(exact(ins)).WillReturnResult(ok)
+			}
+		}
+		mock.ExpectCommit()
+
+		tx, err := db.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(del); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ins); err != nil {
+			t.Fatalf("INSERT: %v, want the replay that won", err)
+		}
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		if err := mock.ExpectationsWereMet(); err != nil {
+			t.Error(err)
+		}
+		if len(*ev) != lost || (*ev)[lost-1].Event != EventReplay || (*ev)[lost-1].Attempt != lost {
+			t.Errorf("%d events %+v, want %d replays", len(*ev), *ev, lost)
+		}
+	})
 	t.Run("COMMIT", func(t *testing.T) {
 		db, mock, ev := observedMockDB(t, DialectPostgres)
 		ok := sqlmock.NewResult(0, 1)
