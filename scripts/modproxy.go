@@ -6,7 +6,7 @@
 // what the module proxy would serve once the release tags are pushed. Used
 // with GOPROXY=file://<out> by .ci/check-release and .ci/check-user-build.
 //
-//	go run scripts/modproxy.go -out DIR -version v0.1.0 . pgx sqlite
+//	go run scripts/modproxy.go -out DIR -version v0.1.0 . pgx sqlite otel
 //
 // A module's zip holds, under the prefix module@version/, the files git
 // would commit (tracked, or untracked and not ignored; without git, every
