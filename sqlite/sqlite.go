@@ -53,22 +53,25 @@ import (
 	"database/sql/driver"
 
 	"github.com/sqlconflict/sqlconflict"
-	msqlite "modernc.org/sqlite"
+	_ "modernc.org/sqlite" // registers "sqlite"
 )
 
 // DriverName is the name this package registers with database/sql.
 const DriverName = "sqlconflict-sqlite"
 
-// base is modernc.org/sqlite's registered driver: its Connector's Driver
-// method returns it.
+// base is modernc.org/sqlite's registered driver, the one that carries the
+// functions and collations registered with it. sql.Open connects to
+// nothing; it is how every version of modernc.org/sqlite hands its driver
+// out (its NewConnector is newer than the oldest version this module allows).
 var base driver.Driver
 
 func init() {
-	c, err := msqlite.NewConnector("")
+	db, err := sql.Open("sqlite", "")
 	if err != nil {
 		panic("sqlconflict/sqlite: " + err.Error())
 	}
-	base = c.Driver()
+	base = db.Driver()
+	db.Close()
 	sql.Register(DriverName, sqlconflict.Wrap(base, options(sqlconflict.DefaultOptions())))
 }
 

@@ -258,7 +258,8 @@ func TestUniqueViolationNotRetried(t *testing.T) {
 	if !sqlconflict.IsUniqueViolation(err) {
 		t.Fatalf("err = %v, want a unique violation", err)
 	}
-	if _, ok := errors.AsType[*msqlite.Error](err); !ok {
+	var se *msqlite.Error
+	if !errors.As(err, &se) {
 		t.Errorf("err is %T, want *sqlite.Error", err)
 	}
 	if cl := sqlconflict.Classify(err); cl.Table != "users" || cl.Column != "email" {
@@ -275,7 +276,7 @@ func TestUniqueViolationNotRetried(t *testing.T) {
 	if !errors.Is(err, sqlconflict.ErrUniqueViolation) {
 		t.Errorf("wrapped: err = %v, want ErrUniqueViolation", err)
 	}
-	if _, ok := errors.AsType[*msqlite.Error](err); !ok {
+	if !errors.As(err, &se) {
 		t.Errorf("wrapped: *sqlite.Error not reachable from %T", err)
 	}
 }
