@@ -596,7 +596,8 @@ func isConnectErr(err error) bool {
 
 // galeraFault runs a write workload through node target (0-based) while
 // fault injects and heals a fault, then checks on another node that every
-// acknowledged write is there exactly once, no write is there twice, and no
+// acknowledged write is there exactly once (less at most g.serverLost of the
+// phase "killed", which Galera itself lost), no write is there twice, and no
 // write whose error Classify calls retryable took effect. fault calls
 // phase to label the writes that return after it.
 func galeraFault(t *testing.T, g *galera, target int, fault func(phase func(string))) {
