@@ -522,6 +522,11 @@ func parseSQLiteMessage(code int, msg string) (constraint, table, column string)
 // classifyOther recognises errors that carry no server code.
 func classifyOther(err error) Class {
 	switch {
+	// A refused or failed dial sent nothing, even one that the caller's
+	// context ended (its error matches context.DeadlineExceeded or
+	// context.Canceled): before the context case.
+	case errors.Is(err, syscall.ECONNREFUSED), isDialError(err):
+		return Class{Kind: KindUnavailable, Scope: ScopeStatement, Retryable: true}
 	// Before net.Error: context.DeadlineExceeded implements it too.
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return Class{Kind: KindQueryCanceled, Scope: ScopeUnknownOutcome}
@@ -539,9 +544,6 @@ func classifyOther(err error) Class {
 	// own retries, and a wrapped driver may not honour the "nothing was
 	// sent" contract: treat the outcome as unknown.
 	// io.EOF: lib/pq's answer when the server closes the connection under it.
-	// A refused or failed dial sent nothing.
-	case errors.Is(err, syscall.ECONNREFUSED), isDialError(err):
-		return Class{Kind: KindUnavailable, Scope: ScopeStatement, Retryable: true}
 	// lib/pq's refusals of a host for target_session_attrs, and its error
 	// for a multi-host DSN that reached none: only Connect returns these.
 	case hasText(err, "session is read-only"), hasText(err, "server is in hot standby mode"):

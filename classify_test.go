@@ -481,6 +481,10 @@ func TestClassifyOther(t *testing.T) {
 		{"ECONNREFUSED", syscall.ECONNREFUSED, unavailable},
 		{"refused dial", &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}, unavailable},
 		{"dial timeout", &net.OpError{Op: "dial", Net: "tcp", Err: os.ErrDeadlineExceeded}, unavailable},
+		// A dial the caller's context ended, as net returns it: it matches
+		// the context's error, and still sent nothing.
+		{"dial at the context's deadline", dialErr(t, time.Now().Add(-time.Second), false), unavailable},
+		{"dial of a canceled context", dialErr(t, time.Time{}, true), unavailable},
 		{"mysql.ErrInvalidConn", mysql.ErrInvalidConn, Class{Kind: KindConnectionLost, Scope: ScopeUnknownOutcome, Dialect: DialectMySQL}},
 		{"pq.ErrInFailedTransaction", pq.ErrInFailedTransaction, Class{Kind: KindTxAborted, Scope: ScopeTransaction, Dialect: DialectPostgres}},
 		{"pgx ErrTxCommitRollback", errors.New("commit unexpectedly resulted in rollback"), Class{Kind: KindTxAborted, Scope: ScopeTransaction, Dialect: DialectPostgres}},
@@ -718,4 +722,31 @@ func TestStrings(t *testing.T) {
 	if !strings.HasPrefix(ErrBlindReread.Error(), "sqlconflict: blind re-read: ") {
 		t.Errorf("ErrBlindReread = %q", ErrBlindReread)
 	}
+}
+
+// dialErr returns net's own error for a dial that a context ended: at
+// deadline, or canceled.
+func dialErr(t *testing.T, deadline time.Time, canceled bool) error {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	if !deadline.IsZero() {
+		ctx, cancel = context.WithDeadline(context.Background(), deadline)
+	}
+	if canceled {
+		cancel()
+	}
+	defer cancel()
+	c, err := (&net.Dialer{}).DialContext(ctx, "tcp", "127.0.0.1:1")
+	if err == nil {
+		c.Close()
+		t.Fatal("a dial with an ended context connected")
+	}
+	want := context.DeadlineExceeded
+	if canceled {
+		want = context.Canceled
+	}
+	if !errors.Is(err, want) || !isDialError(err) {
+		t.Fatalf("dial error %v (%T) does not match %v and a dial *net.OpError", err, err, want)
+	}
+	return err
 }

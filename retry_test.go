@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"io"
+	"net"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -357,5 +358,47 @@ func TestBadConnNotResent(t *testing.T) {
 				t.Errorf("safe=%v %s: err = %v; want ErrConnectionLost %v", safe, q, err, !safe)
 			}
 		}
+	}
+}
+
+// deadlineDialer is a connector whose dial hangs until the caller's context
+// ends, then fails as net fails it ("dial tcp ...: i/o timeout", matching
+// context.DeadlineExceeded): a server that drops SYNs.
+type deadlineDialer struct{}
+
+func (deadlineDialer) Connect(ctx context.Context) (driver.Conn, error) {
+	<-ctx.Done()
+	c, err := (&net.Dialer{}).DialContext(ctx, "tcp", "127.0.0.1:1")
+	if err == nil {
+		c.Close()
+		return nil, errors.New("deadlineDialer: connected")
+	}
+	return nil, err
+}
+
+func (deadlineDialer) Driver() driver.Driver { return nil }
+
+// TestRunTxDialAtDeadline: the caller's deadline ends RunTx's first dial.
+// Nothing was sent, so RunTx's error says so (a *RetryError, unavailable,
+// statement scope, matching the deadline), not a canceled query of unknown
+// outcome. CI once met this through the wrapper against a closed port
+// (TestIntegrationFailoverRunTxRefusedDeadline), when the deadline fell
+// during a dial.
+func TestRunTxDialAtDeadline(t *testing.T) {
+	db := sql.OpenDB(deadlineDialer{})
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	calls := 0
+	err := RunTx(ctx, db, nil, func(ctx context.Context, tx *sql.Tx) error {
+		calls++
+		return nil
+	})
+	var re *RetryError
+	cl := Classify(err)
+	if calls != 0 || !errors.As(err, &re) || !errors.Is(err, context.DeadlineExceeded) ||
+		cl.Kind != KindUnavailable || cl.Scope != ScopeStatement || !cl.Retryable {
+		t.Errorf("RunTx: %v (%T), fn ran %d times, Classify %v/%v retryable=%v; want a *RetryError matching the deadline, unavailable/statement retryable, fn never run",
+			err, err, calls, cl.Kind, cl.Scope, cl.Retryable)
 	}
 }
