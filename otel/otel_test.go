@@ -293,7 +293,7 @@ func TestNoSpan(t *testing.T) {
 	if ended := rec.Ended(); len(ended) != 1 || len(ended[0].Events()) != 0 {
 		t.Errorf("WithSpanEvents(false): spans %v, want one without events", ended)
 	}
-	m := scope(t, collect(t, reader)).Metrics[0]
+	m := named(t, scope(t, collect(t, reader)), "sqlconflict.conflicts")
 	metricdatatest.AssertEqual(t, metricdata.Metrics{Name: m.Name, Description: m.Description, Unit: m.Unit,
 		Data: sum(point(3, attrs("retry", pgDeadlock)))}, m, metricdatatest.IgnoreTimestamp(), metricdatatest.IgnoreExemplars())
 }
@@ -335,6 +335,18 @@ func TestWithAttributes(t *testing.T) {
 	}
 }
 
+// named returns the metric called name in sm.
+func named(t *testing.T, sm metricdata.ScopeMetrics, name string) metricdata.Metrics {
+	t.Helper()
+	for _, m := range sm.Metrics {
+		if m.Name == name {
+			return m
+		}
+	}
+	t.Fatalf("no metric %s in %+v", name, sm.Metrics)
+	return metricdata.Metrics{}
+}
+
 // TestGlobalMeterProvider: an Observer made before the global
 // MeterProvider is set reports to the one set later. OpenTelemetry hands
 // its global meters over once per process, so this test holds only on its
@@ -346,12 +358,7 @@ func TestGlobalMeterProvider(t *testing.T) {
 	obs(context.Background(), observations[0])
 	// By name: through the global delegate the metrics come in no fixed
 	// order (CI once saw the wait histogram first).
-	var m metricdata.Metrics
-	for _, x := range scope(t, collect(t, reader)).Metrics {
-		if x.Name == "sqlconflict.conflicts" {
-			m = x
-		}
-	}
+	m := named(t, scope(t, collect(t, reader)), "sqlconflict.conflicts")
 	if s, ok := m.Data.(metricdata.Sum[int64]); !ok || len(s.DataPoints) != 1 || s.DataPoints[0].Value != 1 {
 		t.Errorf("got %+v, want sqlconflict.conflicts at 1", m)
 	}
@@ -377,7 +384,7 @@ func TestConcurrent(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	m := scope(t, collect(t, reader)).Metrics[0]
+	m := named(t, scope(t, collect(t, reader)), "sqlconflict.conflicts")
 	metricdatatest.AssertEqual(t, metricdata.Metrics{Name: m.Name, Description: m.Description, Unit: m.Unit,
 		Data: sum(point(800, attrs("retry", pgDeadlock)))}, m, metricdatatest.IgnoreTimestamp(), metricdatatest.IgnoreExemplars())
 }
