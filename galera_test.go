@@ -686,7 +686,7 @@ func galeraFault(t *testing.T, g *galera, target int, fault func(phase func(stri
 	type tallyKey struct{ phase, op, stage, desc string }
 	type tallyVal struct{ n, applied int }
 	tally := map[tallyKey]*tallyVal{}
-	acked, ackedAfter, failed, slow, serverLost := 0, 0, 0, 0, 0
+	acked, ackedAfter, failed, slow, excused := 0, 0, 0, 0, 0
 	ackedIn := map[string]int{}
 	for _, wr := range writes {
 		n := found[wr.tok]
@@ -704,10 +704,10 @@ func galeraFault(t *testing.T, g *galera, target int, fault func(phase func(stri
 				ackedAfter++
 			}
 			switch {
-			case n == 0 && wr.phase == "killed" && serverLost < g.serverLost:
+			case n == 0 && wr.phase == "killed" && excused < g.serverLost:
 				// Committed on the killed node only: Galera's loss, which
 				// the node reported when it rejoined.
-				serverLost++
+				excused++
 				t.Logf("acknowledged write %s (%v, phase %s) is missing: one of the %d event(s) the killed node committed and the cluster never received", wr.tok, wr.op, wr.phase, g.serverLost)
 			case n != 1:
 				t.Errorf("acknowledged write %s (%v, phase %s) is there %d times, want 1", wr.tok, wr.op, wr.phase, n)

@@ -6,7 +6,6 @@ import (
 	"database/sql/driver"
 	"errors"
 	"io"
-	"net"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -368,12 +367,7 @@ type deadlineDialer struct{}
 
 func (deadlineDialer) Connect(ctx context.Context) (driver.Conn, error) {
 	<-ctx.Done()
-	c, err := (&net.Dialer{}).DialContext(ctx, "tcp", "127.0.0.1:1")
-	if err == nil {
-		c.Close()
-		return nil, errors.New("deadlineDialer: connected")
-	}
-	return nil, err
+	return nil, endedDial(ctx)
 }
 
 func (deadlineDialer) Driver() driver.Driver { return nil }
